@@ -1,0 +1,120 @@
+"""The config every stage shares: one place that names the fields scripts rely on.
+
+A config file under `configs/<stage>/` calls `base_config()` and fills in what differs, then
+returns it locked (`lock_config=True` in the CLI), so a mistyped `--config.a.b=v` is an error
+naming the key. Names here are contracts: `total_steps`, `log_every`, `eval_every`,
+`checkpoint_every`, `seed`, `init_from`, `mesh`, `model`, `optimizer`, `data`, `objective`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Logical axis -> mesh axes. One table; activations and parameters both go through it.
+# A mesh axis is used at most once per array (the first logical axis that asks for it wins)
+# and only where it divides the dimension, so small models replicate what does not fit.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+)
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    """Decoder-only transformer switches (Llama / Qwen / Gemma families)."""
+    m = ml_collections.ConfigDict()
+    m.vocab_size = 32000
+    m.d_model = 512
+    m.n_layers = 4
+    m.n_heads = 8
+    m.n_kv_heads = 8
+    m.head_dim = 64
+    m.mlp_dim = 1408
+    m.activation = "silu"  # silu: SwiGLU (Llama/Qwen); gelu: GeGLU (Gemma, tanh approx).
+    m.norm_eps = 1e-5
+    m.norm_offset = 0.0  # 1.0 gives Gemma's (1 + w) RMSNorm scale.
+    m.post_norms = False  # Gemma 2/3: extra RMSNorm after attention and MLP outputs.
+    m.tie_embeddings = False
+    m.qkv_bias = False  # Qwen2
+    m.qk_norm = False  # Qwen3, Gemma 3
+    m.embed_scale = False  # Gemma: embeddings times sqrt(d_model)
+    m.final_logit_softcap = 0.0  # Gemma 2: 30.0; 0 disables
+    m.attn_logit_softcap = 0.0  # Gemma 2: 50.0; 0 disables
+    m.query_scale = 0.0  # 0: 1/sqrt(head_dim); Gemma sets its own query_pre_attn_scalar
+    m.rope_theta = 10000.0
+    m.rope_scaling = ml_collections.ConfigDict(
+        {
+            "type": "none",  # none | linear | llama3
+            "factor": 1.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position": 8192,
+        }
+    )
+    m.max_seq_len = 2048
+    m.init_std = 0.02
+    m.param_dtype = "float32"
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16
+    m.remat = "none"  # none | full | dots (save matmul outputs) | dots_no_batch
+    m.update(overrides)
+    return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.stage = "pretrain"
+    c.seed = 0
+    c.total_steps = 1000
+    c.log_every = 10
+    c.eval_every = 100
+    c.eval_steps = 0  # 0: the whole eval split
+    c.checkpoint_every = 200
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    c.init_from = ""
+    c.peak_tflops_per_device = 0.0  # 0: look up the device kind; unknown kinds skip MFU
+    c.progress_bar = True  # only drawn on a terminal
+
+    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    c.sharding = ml_collections.ConfigDict({"rules": DEFAULT_RULES})
+
+    c.model = model_config()
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # adamw | sgd | adafactor | lion
+    c.optimizer.learning_rate = 3e-4
+    c.optimizer.schedule = "cosine"  # cosine | linear | constant
+    c.optimizer.warmup_steps = 100
+    c.optimizer.end_lr_factor = 0.1  # final lr / peak lr for cosine and linear
+    c.optimizer.weight_decay = 0.1
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8
+    c.optimizer.momentum = 0.9  # sgd
+    c.optimizer.grad_clip_norm = 1.0  # 0 disables
+    c.optimizer.grad_accum_steps = 1
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_files = ""
+    c.data.eval_files = ""
+    c.data.tokenizer = ""
+    c.data.format = "auto"  # auto (by extension) | text | jsonl
+    c.data.text_field = "text"
+    c.data.seq_len = 512
+    c.data.batch_size = 8  # global, across all processes
+    c.data.add_bos = True
+    c.data.add_eos = True
+    c.data.shuffle = True
+    c.data.num_epochs = 0  # 0: repeat forever
+
+    c.objective = ml_collections.ConfigDict()
+    c.objective.name = "pretrain"
+    c.objective.loss_type = "cross_entropy"
+    c.objective.z_loss = 0.0
+    return c

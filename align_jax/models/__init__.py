@@ -1,0 +1,25 @@
+"""Models: the decoder-only transformer and helpers to build it sharded on a mesh."""
+
+from align_jax.models.transformer import (
+    Transformer,
+    count_params,
+    train_flops_per_token,
+)
+from align_jax.models.build import (
+    abstract_params,
+    apply_model,
+    init_params,
+    param_shardings,
+    sequence_logprobs,
+)
+
+__all__ = [
+    "Transformer",
+    "abstract_params",
+    "apply_model",
+    "count_params",
+    "init_params",
+    "param_shardings",
+    "sequence_logprobs",
+    "train_flops_per_token",
+]

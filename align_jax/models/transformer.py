@@ -1,0 +1,290 @@
+"""Decoder-only transformer in Flax NNX, with switches for the Llama, Qwen and Gemma families.
+
+One block type covers them all: grouped-query attention (GQA) with RoPE (plain, linear or
+Llama-3 scaled), RMSNorm (Gemma's (1 + w) form via `norm_offset`), SwiGLU or GeGLU, optional
+qkv bias (Qwen2), qk-norm (Qwen3, Gemma 3), sandwich norms (Gemma 2/3), embedding scaling
+and logit soft-capping (Gemma 2). Weight layouts follow Hugging Face's (split-half RoPE, `x @ W`
+kernels), so checkpoints convert by reshaping, never by permuting.
+
+Layers are stacked: every block parameter has a leading `layers` dimension and the forward
+pass is one `jax.lax.scan`, so compile time does not grow with depth. Rematerialisation is
+a policy on the scanned body. Parameters carry logical axis names as `axes` metadata; see
+`align_jax.parallel` for how they map to the mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from align_jax.parallel import constrain
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing; recompute the block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_MASK_VALUE = -1e30  # finite, so fully masked (padding) rows give uniform weights, not NaN
+
+
+def _dtype(name: str):
+    try:
+        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+    except KeyError:
+        raise ValueError(
+            f"config.model dtype '{name}' is not one of float32, bfloat16, float16"
+        ) from None
+
+
+def _param(rngs, shape, axes, cfg, init: str) -> nnx.Param:
+    dtype = _dtype(cfg.param_dtype)
+    if init == "normal":
+        value = cfg.init_std * jax.random.normal(rngs.params(), shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        value = jnp.zeros(shape, dtype)
+    return nnx.Param(value, axes=tuple(axes))
+
+
+class RMSNorm(nnx.Module):
+    """`x / rms(x) * (offset + scale)`, computed in float32."""
+
+    def __init__(self, dim: int, axis_name: str, cfg, rngs: nnx.Rngs, stack: Sequence[int] = ()):
+        self.eps = cfg.norm_eps
+        self.offset = cfg.norm_offset
+        stack_axes = ("layers",) * len(stack)
+        init = "zeros" if cfg.norm_offset else "ones"
+        self.scale = _param(rngs, (*stack, dim), (*stack_axes, axis_name), cfg, init)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * (self.offset + self.scale[...].astype(jnp.float32))).astype(x.dtype)
+
+
+def rope_inv_freq(cfg) -> jax.Array:
+    """Inverse frequencies, with Llama-3 scaling (arXiv 2407.21783) when configured."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    scaling = cfg.rope_scaling
+    if scaling.type == "llama3":
+        low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+        high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        mid = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+        inv_freq = jnp.where(
+            wavelen > low_wavelen,
+            inv_freq / scaling.factor,
+            jnp.where(wavelen < high_wavelen, inv_freq, mid),
+        )
+    elif scaling.type == "linear":
+        inv_freq = inv_freq / scaling.factor
+    elif scaling.type != "none":
+        raise ValueError(
+            f"config.model.rope_scaling.type '{scaling.type}' is not one of none, linear, llama3"
+        )
+    return inv_freq
+
+
+def apply_rope(x: jax.Array, positions_bl: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Split-half rotary embedding (the Hugging Face layout). x: [B, L, N, D]."""
+    angles = positions_bl[..., None].astype(jnp.float32) * inv_freq  # [B, L, D/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(segment_ids_bl: jax.Array) -> jax.Array:
+    """Causal mask that also keeps packed documents apart: [B, 1, 1, L, L] booleans.
+
+    Segment 0 marks padding; padding queries attend to nothing real (their outputs are
+    never used), and no real query attends to padding.
+    """
+    length = segment_ids_bl.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    same = segment_ids_bl[:, :, None] == segment_ids_bl[:, None, :]
+    real = (segment_ids_bl > 0)[:, None, :]
+    return (causal[None] & same & real)[:, None, None]
+
+
+def _softcap(x: jax.Array, cap: float) -> jax.Array:
+    return jnp.tanh(x / cap) * cap if cap else x
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg, rngs: nnx.Rngs, stack: Sequence[int] = ()):
+        self.cfg = cfg
+        d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        if h % k:
+            raise ValueError(f"config.model: n_heads={h} is not a multiple of n_kv_heads={k}")
+        ly = ("layers",) * len(stack)
+        self.q_kernel = _param(rngs, (*stack, d, h, hd), (*ly, "embed", "heads", "head_dim"), cfg, "normal")
+        self.k_kernel = _param(rngs, (*stack, d, k, hd), (*ly, "embed", "kv_heads", "head_dim"), cfg, "normal")
+        self.v_kernel = _param(rngs, (*stack, d, k, hd), (*ly, "embed", "kv_heads", "head_dim"), cfg, "normal")
+        self.o_kernel = _param(rngs, (*stack, h, hd, d), (*ly, "heads", "head_dim", "embed"), cfg, "normal")
+        if cfg.qkv_bias:
+            self.q_bias = _param(rngs, (*stack, h, hd), (*ly, "heads", "head_dim"), cfg, "zeros")
+            self.k_bias = _param(rngs, (*stack, k, hd), (*ly, "kv_heads", "head_dim"), cfg, "zeros")
+            self.v_bias = _param(rngs, (*stack, k, hd), (*ly, "kv_heads", "head_dim"), cfg, "zeros")
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, "head_dim", cfg, rngs, stack)
+            self.k_norm = RMSNorm(hd, "head_dim", cfg, rngs, stack)
+
+    def _project(self, x, name):
+        dtype = x.dtype
+        y = jnp.einsum("bld,dnh->blnh", x, getattr(self, f"{name}_kernel")[...].astype(dtype))
+        if self.cfg.qkv_bias:
+            y = y + getattr(self, f"{name}_bias")[...].astype(dtype)
+        return y
+
+    def __call__(self, x, positions_bl, mask, inv_freq):
+        cfg = self.cfg
+        q = constrain(self._project(x, "q"), ("batch", "length", "heads", "head_dim"))
+        k = constrain(self._project(x, "k"), ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(self._project(x, "v"), ("batch", "length", "kv_heads", "head_dim"))
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions_bl, inv_freq)
+        k = apply_rope(k, positions_bl, inv_freq)
+        scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
+        b, length, h, hd = q.shape
+        groups = h // cfg.n_kv_heads
+        q = q.reshape(b, length, cfg.n_kv_heads, groups, hd) * jnp.asarray(scale, q.dtype)
+        logits = jnp.einsum("blkgd,bmkd->bkglm", q, k).astype(jnp.float32)
+        logits = _softcap(logits, cfg.attn_logit_softcap)
+        logits = jnp.where(mask, logits, _MASK_VALUE)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkglm,bmkd->blkgd", probs, v).reshape(b, length, h, hd)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))
+        return jnp.einsum("blnh,nhd->bld", out, self.o_kernel[...].astype(x.dtype))
+
+
+class MLP(nnx.Module):
+    """Gated MLP: SwiGLU (`silu`) or GeGLU (`gelu`, tanh approximation as in Gemma)."""
+
+    def __init__(self, cfg, rngs: nnx.Rngs, stack: Sequence[int] = ()):
+        if cfg.activation not in ("silu", "gelu"):
+            raise ValueError(f"config.model.activation '{cfg.activation}' is not one of silu, gelu")
+        self.activation = cfg.activation
+        d, f = cfg.d_model, cfg.mlp_dim
+        ly = ("layers",) * len(stack)
+        self.gate_kernel = _param(rngs, (*stack, d, f), (*ly, "embed", "mlp"), cfg, "normal")
+        self.up_kernel = _param(rngs, (*stack, d, f), (*ly, "embed", "mlp"), cfg, "normal")
+        self.down_kernel = _param(rngs, (*stack, f, d), (*ly, "mlp", "embed"), cfg, "normal")
+
+    def __call__(self, x):
+        dtype = x.dtype
+        gate = x @ self.gate_kernel[...].astype(dtype)
+        up = x @ self.up_kernel[...].astype(dtype)
+        act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        hidden = constrain(act * up, ("batch", "length", "mlp"))
+        return hidden @ self.down_kernel[...].astype(dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg, rngs: nnx.Rngs, stack: Sequence[int] = ()):
+        self.post_norms = cfg.post_norms
+        self.attn_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
+        self.attn = Attention(cfg, rngs, stack)
+        self.mlp_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
+        self.mlp = MLP(cfg, rngs, stack)
+        if cfg.post_norms:
+            self.post_attn_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
+            self.post_mlp_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
+
+    def __call__(self, x, positions_bl, mask, inv_freq):
+        h = self.attn(self.attn_norm(x), positions_bl, mask, inv_freq)
+        if self.post_norms:
+            h = self.post_attn_norm(h)
+        x = constrain(x + h, ("batch", "length", "embed"))
+        h = self.mlp(self.mlp_norm(x))
+        if self.post_norms:
+            h = self.post_mlp_norm(h)
+        return constrain(x + h, ("batch", "length", "embed"))
+
+
+class Transformer(nnx.Module):
+    """`model(tokens [B, L], positions, segment_ids) -> logits [B, L, V]` (float32)."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg, "normal")
+        self.layers = Block(cfg, rngs, stack=(cfg.n_layers,))
+        self.final_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg, "normal")
+
+    def hidden_states(self, tokens_bl, positions_bl=None, segment_ids_bl=None) -> jax.Array:
+        """Final-norm hidden states [B, L, D]: what scalar heads (reward, value) read."""
+        cfg = self.cfg
+        dtype = _dtype(cfg.dtype)
+        if positions_bl is None:
+            positions_bl = jnp.broadcast_to(jnp.arange(tokens_bl.shape[1]), tokens_bl.shape)
+        if segment_ids_bl is None:
+            segment_ids_bl = jnp.ones_like(tokens_bl)
+        x = jnp.take(self.embedding[...], tokens_bl, axis=0).astype(dtype)
+        if cfg.embed_scale:
+            x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
+        x = constrain(x, ("batch", "length", "embed"))
+        mask = attention_mask(segment_ids_bl)
+        inv_freq = rope_inv_freq(cfg)
+
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(x, layer_state):
+            return nnx.merge(graphdef, layer_state)(x, positions_bl, mask, inv_freq), None
+
+        if cfg.remat != "none":
+            if cfg.remat not in _REMAT_POLICIES:
+                raise ValueError(
+                    f"config.model.remat '{cfg.remat}' is not one of none, {', '.join(_REMAT_POLICIES)}"
+                )
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, stacked)
+        return self.final_norm(x)
+
+    def logits(self, hidden_bld: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dtype = hidden_bld.dtype
+        if cfg.tie_embeddings:
+            logits = hidden_bld @ self.embedding[...].astype(dtype).T
+        else:
+            logits = hidden_bld @ self.lm_head[...].astype(dtype)
+        logits = _softcap(logits.astype(jnp.float32), cfg.final_logit_softcap)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def __call__(self, tokens_bl, positions_bl=None, segment_ids_bl=None) -> jax.Array:
+        return self.logits(self.hidden_states(tokens_bl, positions_bl, segment_ids_bl))
+
+
+def count_params(cfg, *, include_embeddings: bool = True) -> int:
+    d, h, k, hd, f, n = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.n_layers
+    per_layer = d * h * hd * 2 + d * k * hd * 2 + 3 * d * f + 2 * d
+    per_layer += (h + 2 * k) * hd if cfg.qkv_bias else 0
+    per_layer += 2 * hd if cfg.qk_norm else 0
+    per_layer += 2 * d if cfg.post_norms else 0
+    total = n * per_layer + d
+    if include_embeddings:
+        total += cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return total
+
+
+def train_flops_per_token(cfg, seq_len: int) -> float:
+    """Model FLOPs of one training token (forward + backward), PaLM's count (arXiv 2204.02311).
+
+    6 * (matmul parameters, the LM head included, the embedding lookup not) plus
+    12 * layers * heads * head_dim * seq_len for the attention scores and values.
+    """
+    matmul_params = count_params(cfg, include_embeddings=False) + cfg.vocab_size * cfg.d_model
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+    return 6.0 * matmul_params + attention

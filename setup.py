@@ -1,0 +1,34 @@
+"""align_jax: the LLM alignment pipeline in JAX/Flax NNX.
+
+Version ranges are the ones tested on the project's machines (Python 3.11, CPU).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="align_jax",
+    version="0.1.0",
+    description="JAX/Flax research codebase for LLM alignment: pretraining, SFT, RM, PPO, DPO, GRPO.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["align_jax", "align_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "ml-collections>=1.1.0,<1.2",
+        "sentencepiece>=0.2.3,<0.3",
+        "absl-py>=2.1,<3",
+        "numpy>=2.0,<3",
+        "tensorboardX>=2.6,<3",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "ruff>=0.6"],
+        # The TPU build of jax: optional, never needed on a laptop or GPU box.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        # Hugging Face interop (safetensors checkpoints, tokenizer.json).
+        "hf": ["safetensors>=0.4,<1", "tokenizers>=0.20,<1"],
+    },
+)
