@@ -1,0 +1,1 @@
+"""Training machinery shared by every stage: optimizer, train state, step, loop, checkpoints."""
