@@ -112,6 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.add_eos = True
     c.data.shuffle = True
     c.data.num_epochs = 0  # 0: repeat forever
+    c.data.read_threads = 0  # threads reading + tokenizing documents; 0: inline
+    c.data.prefetch_batches = 2  # batches built ahead in a background thread; 0: off
 
     c.objective = ml_collections.ConfigDict()
     c.objective.name = "pretrain"

@@ -232,7 +232,10 @@ class Transformer(nnx.Module):
             positions_bl = jnp.broadcast_to(jnp.arange(tokens_bl.shape[1]), tokens_bl.shape)
         if segment_ids_bl is None:
             segment_ids_bl = jnp.ones_like(tokens_bl)
-        x = jnp.take(self.embedding[...], tokens_bl, axis=0).astype(dtype)
+        # Gather from a table replicated over `vocab` (kept split over `embed`): a gather from
+        # a vocab-split table makes GSPMD replicate it anyway, with a warning per call.
+        table = constrain(self.embedding[...], (None, "embed"))
+        x = jnp.take(table, tokens_bl, axis=0).astype(dtype)
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         x = constrain(x, ("batch", "length", "embed"))

@@ -1,0 +1,155 @@
+"""Orbax checkpoints: one module for saving, resuming and handing parameters between stages.
+
+A checkpoint step directory holds three items:
+- `state`: the train state `{"step", "params", "opt_state"}` (StandardSave),
+- `data`:  the grain iterator's position (grain.checkpoint.CheckpointSave), so a resumed
+  run reads the exact next example,
+- `config`: the resolved config as JSON, so a checkpoint says what produced it.
+
+The step's RNG is `fold_in(key(seed), step)`, so restoring `step` restores the RNG too.
+Orbax writes a step to a temporary directory and renames it when complete, so a crash or a
+refused save never leaves a half-written "latest" checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: dict, data_iter=None, config: dict | None = None) -> None:
+        items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        if config is not None:
+            items["config"] = ocp.args.JsonSave(config)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, step: int, abstract_state: dict, data_iter=None) -> dict:
+        """Restores `state` into the shardings of `abstract_state` (and the iterator in place)."""
+        items: dict[str, Any] = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except ValueError as e:
+            first = " ".join(line.strip() for line in str(e).strip().splitlines()[:4])
+            raise CheckpointError(
+                f"{self.directory}/{step}: the checkpoint does not match this run's state "
+                f"(changed model, optimizer or data config?): {first}"
+            ) from e
+        return restored["state"]
+
+    def reached_preemption(self, step: int) -> bool:
+        return self._manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree, shardings) -> Any:
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def _resolve_state_dir(path: str) -> epath.Path:
+    """A workdir, its `checkpoints/` folder, or one step's folder -> that step's `state` item."""
+    p = epath.Path(path)
+    if not p.exists():
+        raise CheckpointError(f"config.init_from: '{path}' does not exist")
+    if (p / "state").exists():
+        return p / "state"
+    if (p / "checkpoints").exists():
+        p = p / "checkpoints"
+    steps = sorted(int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "state").exists())
+    if not steps:
+        raise CheckpointError(
+            f"config.init_from: no checkpoint under '{path}' "
+            "(expected a workdir, its checkpoints/ folder, or a step folder with a 'state' item)"
+        )
+    return p / str(steps[-1]) / "state"
+
+
+def _flatten(tree, prefix=()) -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, (*prefix, str(k))))
+        return out
+    return {prefix: tree}
+
+
+def load_params(path: str, param_shapes: dict, param_shardings: dict) -> dict:
+    """Parameters of an earlier stage's checkpoint, placed in this run's shardings.
+
+    Works whatever mesh wrote the checkpoint. Every parameter this model needs must be in
+    the checkpoint with the same shape: a mismatch is an error naming the path and shapes.
+    Extra checkpoint parameters (a head this model lacks) are reported to the caller.
+    """
+    state_dir = _resolve_state_dir(path)
+    meta = ocp.StandardCheckpointer().metadata(state_dir)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, dict) or "params" not in tree:
+        raise CheckpointError(f"config.init_from: '{state_dir}' holds no 'params'")
+    stored = _flatten(dict(tree["params"]))
+    wanted = _flatten(param_shapes)
+    for key, shape in wanted.items():
+        name = "/".join(key)
+        if key not in stored:
+            raise CheckpointError(
+                f"config.init_from: parameter '{name}' {tuple(shape.shape)} is missing from "
+                f"'{state_dir}'"
+            )
+        if tuple(stored[key].shape) != tuple(shape.shape):
+            raise CheckpointError(
+                f"config.init_from: parameter '{name}' has shape {tuple(stored[key].shape)} in "
+                f"'{state_dir}' but the model expects {tuple(shape.shape)}"
+            )
+    target = {"params": abstract_like(param_shapes, param_shardings)}
+    restored = ocp.PyTreeCheckpointer().restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
+    return restored["params"]
+
+
+def unused_checkpoint_params(path: str, param_shapes: dict) -> list[str]:
+    """Names of parameters in the checkpoint that the model does not use (e.g. a dropped head)."""
+    meta = ocp.StandardCheckpointer().metadata(_resolve_state_dir(path))
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    stored = _flatten(dict(tree["params"]))
+    wanted = _flatten(param_shapes)
+    return sorted("/".join(k) for k in stored if k not in wanted)

@@ -1,0 +1,30 @@
+"""Data: document sources, the tokenizer, and grain pipelines that make model batches."""
+
+from align_jax.data.pretrain import (
+    FIELDS,
+    count_stats,
+    load_source,
+    make_eval_dataset,
+    make_eval_iterator,
+    make_train_dataset,
+    make_train_iterator,
+    to_global_batch,
+)
+from align_jax.data.sources import DataError, DocumentSource, expand_files
+from align_jax.data.tokenizer import Tokenizer, train_tokenizer
+
+__all__ = [
+    "FIELDS",
+    "DataError",
+    "DocumentSource",
+    "Tokenizer",
+    "count_stats",
+    "expand_files",
+    "load_source",
+    "make_eval_dataset",
+    "make_eval_iterator",
+    "make_train_dataset",
+    "make_train_iterator",
+    "to_global_batch",
+    "train_tokenizer",
+]

@@ -1,0 +1,271 @@
+"""The training loop: batch -> step -> metrics -> eval -> checkpoint.
+
+It does not know which objective it runs. What it guarantees:
+- Running again in a workdir with checkpoints resumes from the latest one, data position
+  and RNG included, so a stopped-and-resumed run logs the same metrics as an uninterrupted one.
+- SIGTERM (how TPU VMs are preempted) saves a checkpoint and exits cleanly.
+- A non-finite loss stops the run before anything is saved, so the last good checkpoint stays.
+- Only one run uses a workdir at a time (an advisory lock on `workdir/.lock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+
+from align_jax import checkpoint as ckpt
+from align_jax import models, objectives, parallel
+from align_jax.data import pretrain as pretrain_data
+from align_jax.data.tokenizer import Tokenizer
+from align_jax.training import metrics as metrics_lib
+from align_jax.training import step as step_lib
+from align_jax.training.optimizer import make_optimizer
+
+log = logging.getLogger("align_jax")
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop, with a one-line reason for the user."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    path = os.path.join(workdir, ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "another process"
+        f.close()
+        raise TrainingError(
+            f"workdir '{workdir}' is in use by another run ({owner}); "
+            "wait for it to finish or choose another --workdir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+class _StopFlag:
+    """Set by SIGTERM; checked after each step (and agreed across hosts by Orbax)."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            log.warning("received signal %d: saving a checkpoint and exiting", signum)
+            self.set = True
+
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# batch_kind -> the data module that builds those batches (load_source, make_train_iterator,
+# make_eval_iterator, count_stats). Later stages add theirs here.
+DATA_PIPELINES = {
+    "tokens": pretrain_data,
+}
+
+
+def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
+    """The loss, the gradient and the updated parameters of `step` must all be finite.
+
+    The loss alone is not enough: the update of a step with a finite loss can still leave
+    non-finite parameters, which the next checkpoint would then keep.
+    """
+    bad = {k: float(metrics[k]) for k in ("loss", "grad_norm", "param_norm")}
+    bad = {k: v for k, v in bad.items() if not math.isfinite(v)}
+    if bad:
+        kept = (
+            f"the last good checkpoint (step {last_saved}) is kept"
+            if last_saved
+            else "no checkpoint was written"
+        )
+        what = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise TrainingError(
+            f"non-finite loss or parameters ({what}) at step {step}: stopping; {kept}. "
+            "Lower config.optimizer.learning_rate or check the data."
+        )
+
+
+def train(config, workdir: str) -> dict:
+    """Runs `config` in `workdir`; returns the last logged metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    with workdir_lock(workdir), _StopFlag() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config, workdir: str, stop: _StopFlag) -> dict:
+    mesh = parallel.make_mesh(config.mesh)
+    rules = tuple(tuple(r) for r in config.sharding.rules)
+    log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
+
+    tokenizer = Tokenizer.load(config.data.tokenizer)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise TrainingError(
+            f"config.model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ({config.data.tokenizer})"
+        )
+
+    graphdef, param_shapes, param_axes = models.abstract_params(config.model)
+    param_shardings = models.param_shardings(param_shapes, param_axes, mesh, rules)
+    objective = objectives.build(config, graphdef)
+    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+    shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh)
+
+    data = DATA_PIPELINES[objective.batch_kind]
+    train_source = data.load_source(config.data, "train")
+    eval_source = data.load_source(config.data, "eval") if config.data.eval_files else None
+    for split, source in (("train", train_source), ("eval", eval_source)):
+        if source is not None:
+            log.info("%s data: %s", split, data.count_stats(source))
+    train_iter = data.make_train_iterator(
+        config.data, tokenizer, seed=config.seed, source=train_source
+    )
+
+    checkpointer = ckpt.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing,
+    )
+    config_dict = json.loads(config.to_json_best_effort())
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_dict, f, indent=2)
+
+    with parallel.sharding_context(mesh, rules):
+        start = checkpointer.latest_step()
+        if start is not None:
+            abstract = ckpt.abstract_like(
+                step_lib.abstract_state(tx, param_shapes), shardings
+            )
+            state = checkpointer.restore(start, abstract, train_iter)
+            log.info("resumed from %s at step %d", checkpointer.directory, start)
+        else:
+            start = 0
+            if config.init_from:
+                params = ckpt.load_params(config.init_from, param_shapes, param_shardings)
+                log.info("initialised parameters from %s", config.init_from)
+            else:
+                _, params, _ = models.init_params(config.model, mesh, rules, config.seed)
+            state = step_lib.init_state(tx, params, shardings)
+        n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+        log.info("model: %.2fM parameters", n_params / 1e6)
+
+        first = next(train_iter)
+        batch_sharding = step_lib.batch_shardings(first, mesh, rules)
+        train_step = step_lib.jit_train_step(
+            step_lib.make_train_step(
+                objective, tx, schedule, config.optimizer.grad_accum_steps
+            ),
+            shardings,
+            batch_sharding,
+            mesh,
+        )
+        eval_step = jax.jit(step_lib.make_eval_step(objective))
+        base_rng = jax.random.key(config.seed)
+
+        writer = metrics_lib.MetricsWriter(
+            workdir, config.total_steps, start, config.progress_bar
+        )
+        peak = metrics_lib.peak_flops_per_device(config)
+        throughput = metrics_lib.Throughput(
+            models.train_flops_per_token(config.model, config.data.seq_len),
+            peak * jax.device_count() if peak else None,
+        )
+        last_saved = start or None
+        last_logged: dict = {}
+        pending = None  # (step, metrics) not yet checked for a finite loss
+        batch = first
+        step = start
+        try:
+            while step < config.total_steps:
+                global_batch = pretrain_data.to_global_batch(batch, batch_sharding)
+                rng = jax.random.fold_in(base_rng, step)
+                state, step_metrics = train_step(state, global_batch, rng, None)
+                throughput.add(objective.tokens_per_batch(batch) * jax.process_count())
+                if pending is not None:
+                    _check_finite(*pending, last_saved)
+                step += 1
+                pending = (step, step_metrics)
+                writer.advance(step)
+
+                if step % config.log_every == 0 or step == config.total_steps:
+                    _check_finite(*pending, last_saved)
+                    last_logged = {k: float(v) for k, v in step_metrics.items()}
+                    writer.write(step, {**last_logged, **throughput.read()})
+                if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
+                    eval_metrics = evaluate(
+                        config, eval_step, data, tokenizer, eval_source, state, batch_sharding
+                    )
+                    if eval_metrics:
+                        writer.write(step, eval_metrics, prefix="eval_")
+                    throughput.reset()
+                preempted = stop.set or (
+                    jax.process_count() > 1 and checkpointer.reached_preemption(step)
+                )
+                should_save = step % config.checkpoint_every == 0 or step == config.total_steps
+                if should_save or preempted:
+                    _check_finite(*pending, last_saved)
+                    checkpointer.save(step, state, train_iter, config_dict)
+                    last_saved = step
+                if preempted:
+                    log.warning("stopped by signal after step %d; checkpoint saved", step)
+                    break
+                if step < config.total_steps:
+                    batch = next(train_iter)
+        finally:
+            checkpointer.close()
+            writer.close()
+    return last_logged
+
+
+def evaluate(config, eval_step, data, tokenizer, source, state, batch_sharding) -> dict:
+    """Loss and perplexity over the held-out split (or its first `eval_steps` batches)."""
+    if source is None:
+        return {}
+    loss_sum = denom = 0.0
+    metric_sums: dict = {}
+    it = data.make_eval_iterator(config.data, tokenizer, source=source)
+    for i, batch in enumerate(it):
+        if config.eval_steps and i >= config.eval_steps:
+            break
+        global_batch = pretrain_data.to_global_batch(batch, batch_sharding)
+        ls, dn, ms = eval_step(state["params"], global_batch, jax.random.key(0), None)
+        loss_sum += float(ls)
+        denom += float(dn)
+        for k, (s, c) in ms.items():
+            acc = metric_sums.setdefault(k, [0.0, 0.0])
+            acc[0] += float(s)
+            acc[1] += float(c)
+    if denom == 0:
+        return {}
+    loss = loss_sum / denom
+    out = {"loss": loss, "perplexity": float(np.exp(min(loss, 80.0)))}
+    out.update({k: s / max(c, 1.0) for k, (s, c) in metric_sums.items()})
+    return out
+
