@@ -214,7 +214,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                 pending = (step, step_metrics)
                 writer.advance(step)
 
-                if step % config.log_every == 0 or step == config.total_steps:
+                if step == 1 or step % config.log_every == 0 or step == config.total_steps:
                     _check_finite(*pending, last_saved)
                     last_logged = {k: float(v) for k, v in step_metrics.items()}
                     writer.write(step, {**last_logged, **throughput.read()})

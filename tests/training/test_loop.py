@@ -83,7 +83,8 @@ def test_tiny_pretraining_run_learns_and_writes_its_workdir(data_dir, tmp_path):
     )
     loop.train(cfg, str(tmp_path))
     losses = train_losses(tmp_path)
-    assert sorted(losses) == [10, 20, 30, 40, 50, 60]
+    assert sorted(losses) == [1, 10, 20, 30, 40, 50, 60]
+    assert losses[1] == pytest.approx(math.log(VOCAB), abs=0.3)
     # Random init starts at about ln(V) = 5.5 nats; the grammar is learnable far below that.
     assert losses[60] < 0.55 * math.log(VOCAB), losses
     records = read_metrics(tmp_path)
