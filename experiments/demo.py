@@ -63,13 +63,19 @@ def main() -> None:
     evals = [r for r in records if "eval_loss" in r]
     print("\n== summary")
     print(f"pretrain: uniform-guess loss ln(512) = {math.log(512):.3f}")
-    print(f"pretrain: train loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> "
-          f"{train[-1]['loss']:.3f} (step {train[-1]['step']})")
+    print(
+        f"pretrain: train loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> "
+        f"{train[-1]['loss']:.3f} (step {train[-1]['step']})"
+    )
     if evals:
-        print(f"pretrain: held-out loss {evals[-1]['eval_loss']:.3f}, "
-              f"perplexity {evals[-1]['eval_perplexity']:.2f}")
+        print(
+            f"pretrain: held-out loss {evals[-1]['eval_loss']:.3f}, "
+            f"perplexity {evals[-1]['eval_perplexity']:.2f}"
+        )
     print(f"pretrain: {train[-1]['tokens_per_sec']:.0f} tokens/s")
-    print(f"outputs: {args.workdir}/pretrain (config.json, metrics.jsonl, tensorboard/, checkpoints/)")
+    print(
+        f"outputs: {args.workdir}/pretrain (config.json, metrics.jsonl, tensorboard/, checkpoints/)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,19 @@ def load(path, arg=None):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_config_builds_abstract_model(path):
     cfg = load(path)
-    for key in ("total_steps", "log_every", "eval_every", "checkpoint_every", "seed", "init_from",
-                "mesh", "model", "optimizer", "data", "objective"):
+    for key in (
+        "total_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "seed",
+        "init_from",
+        "mesh",
+        "model",
+        "optimizer",
+        "data",
+        "objective",
+    ):
         assert key in cfg, key
     _, shapes, axes = abstract_params(cfg.model)  # no allocation, even for 8B
     assert sum(s.size for s in jax.tree.leaves(shapes)) == count_params(cfg.model)

@@ -1,16 +1,16 @@
 """Models: the decoder-only transformer and helpers to build it sharded on a mesh."""
 
-from align_jax.models.transformer import (
-    Transformer,
-    count_params,
-    train_flops_per_token,
-)
 from align_jax.models.build import (
     abstract_params,
     apply_model,
     init_params,
     param_shardings,
     sequence_logprobs,
+)
+from align_jax.models.transformer import (
+    Transformer,
+    count_params,
+    train_flops_per_token,
 )
 
 __all__ = [

@@ -160,9 +160,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     with parallel.sharding_context(mesh, rules):
         start = checkpointer.latest_step()
         if start is not None:
-            abstract = ckpt.abstract_like(
-                step_lib.abstract_state(tx, param_shapes), shardings
-            )
+            abstract = ckpt.abstract_like(step_lib.abstract_state(tx, param_shapes), shardings)
             state = checkpointer.restore(start, abstract, train_iter)
             log.info("resumed from %s at step %d", checkpointer.directory, start)
         else:
@@ -179,9 +177,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
         first = next(train_iter)
         batch_sharding = step_lib.batch_shardings(first, mesh, rules)
         train_step = step_lib.jit_train_step(
-            step_lib.make_train_step(
-                objective, tx, schedule, config.optimizer.grad_accum_steps
-            ),
+            step_lib.make_train_step(objective, tx, schedule, config.optimizer.grad_accum_steps),
             shardings,
             batch_sharding,
             mesh,
@@ -189,9 +185,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
         eval_step = jax.jit(step_lib.make_eval_step(objective))
         base_rng = jax.random.key(config.seed)
 
-        writer = metrics_lib.MetricsWriter(
-            workdir, config.total_steps, start, config.progress_bar
-        )
+        writer = metrics_lib.MetricsWriter(workdir, config.total_steps, start, config.progress_bar)
         peak = metrics_lib.peak_flops_per_device(config)
         throughput = metrics_lib.Throughput(
             models.train_flops_per_token(config.model, config.data.seq_len),
@@ -218,7 +212,9 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                     _check_finite(*pending, last_saved)
                     last_logged = {k: float(v) for k, v in step_metrics.items()}
                     writer.write(step, {**last_logged, **throughput.read()})
-                if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
+                if config.eval_every and (
+                    step % config.eval_every == 0 or step == config.total_steps
+                ):
                     eval_metrics = evaluate(
                         config, eval_step, data, tokenizer, eval_source, state, batch_sharding
                     )
@@ -268,4 +264,3 @@ def evaluate(config, eval_step, data, tokenizer, source, state, batch_sharding) 
     out = {"loss": loss, "perplexity": float(np.exp(min(loss, 80.0)))}
     out.update({k: s / max(c, 1.0) for k, (s, c) in metric_sums.items()})
     return out
-

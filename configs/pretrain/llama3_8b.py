@@ -51,12 +51,25 @@ def get_config(arg: str | None = None):
     c.data.tokenizer = "tokenizers/llama3.model"
 
     if arg == "runlocal":
-        m.update(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, head_dim=16,
-                 mlp_dim=224, max_seq_len=128)
+        m.update(
+            vocab_size=512,
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=1,
+            head_dim=16,
+            mlp_dim=224,
+            max_seq_len=128,
+        )
         m.rope_scaling.original_max_position = 64
         m.dtype = "float32"
-        c.data.update(seq_len=128, batch_size=8, tokenizer="data/tiny/tok.model",
-                      train_files="data/tiny/train.jsonl", eval_files="data/tiny/eval.jsonl")
+        c.data.update(
+            seq_len=128,
+            batch_size=8,
+            tokenizer="data/tiny/tok.model",
+            train_files="data/tiny/train.jsonl",
+            eval_files="data/tiny/eval.jsonl",
+        )
         c.update(total_steps=20, log_every=5, eval_every=10, eval_steps=2, checkpoint_every=10)
         c.optimizer.warmup_steps = 5
     return c

@@ -17,8 +17,14 @@ FAMILIES = {
     "qwen2": dict(qkv_bias=True, tie_embeddings=True),
     "qwen3": dict(qk_norm=True),
     "gemma2": dict(
-        activation="gelu", norm_offset=1.0, post_norms=True, embed_scale=True,
-        tie_embeddings=True, final_logit_softcap=30.0, attn_logit_softcap=50.0, query_scale=0.25,
+        activation="gelu",
+        norm_offset=1.0,
+        post_norms=True,
+        embed_scale=True,
+        tie_embeddings=True,
+        final_logit_softcap=30.0,
+        attn_logit_softcap=50.0,
+        query_scale=0.25,
     ),
     "llama3_rope": dict(rope_scaling=dict(type="llama3", factor=8.0, original_max_position=16)),
 }
@@ -71,14 +77,27 @@ def test_rope_is_a_rotation_relative_in_position():
     inv = rope_inv_freq(cfg)
     q = jax.random.normal(jax.random.key(0), (1, 1, 1, cfg.head_dim))
     k = jax.random.normal(jax.random.key(1), (1, 1, 1, cfg.head_dim))
-    dot = lambda pq, pk: float(jnp.sum(apply_rope(q, jnp.array([[pq]]), inv) * apply_rope(k, jnp.array([[pk]]), inv)))  # noqa: E731
+    dot = lambda pq, pk: float(
+        jnp.sum(apply_rope(q, jnp.array([[pq]]), inv) * apply_rope(k, jnp.array([[pk]]), inv))
+    )  # noqa: E731
     assert dot(3, 1) == pytest.approx(dot(10, 8), rel=1e-5)
-    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(q, jnp.array([[5]]), inv)), jnp.linalg.norm(q), rtol=1e-6)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(apply_rope(q, jnp.array([[5]]), inv)), jnp.linalg.norm(q), rtol=1e-6
+    )
 
 
 def test_llama3_rope_scaling_matches_reference_formula():
-    cfg = model_config(**SMALL, rope_theta=500000.0, rope_scaling=dict(
-        type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=64))
+    cfg = model_config(
+        **SMALL,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position=64,
+        ),
+    )
     got = np.asarray(rope_inv_freq(cfg))
     base = 1.0 / (500000.0 ** (np.arange(0, 8, 2) / 8))
     want = []
@@ -98,7 +117,9 @@ def test_token_logprobs_matches_log_softmax_and_temperature():
     logits = jax.random.normal(jax.random.key(0), (2, 3, 11)) * 3
     targets = jax.random.randint(jax.random.key(1), (2, 3), 0, 11)
     for t in (1.0, 0.7):
-        ref = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits / t)), np.asarray(targets)[..., None], -1)[..., 0]
+        ref = np.take_along_axis(
+            np.asarray(jax.nn.log_softmax(logits / t)), np.asarray(targets)[..., None], -1
+        )[..., 0]
         np.testing.assert_allclose(token_logprobs(logits, targets, temperature=t), ref, atol=1e-5)
 
 
@@ -112,12 +133,17 @@ def test_bf16_compute_close_to_fp32():
     np.testing.assert_allclose(out, ref, atol=0.05)
 
 
-@pytest.mark.parametrize("mesh_shape", [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=8, tensor=1)])
+@pytest.mark.parametrize(
+    "mesh_shape", [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=8, tensor=1)]
+)
 def test_sharded_forward_equals_single_device(devices, mesh_shape):
     cfg, graphdef, params = build()
     mesh = parallel.make_mesh(mesh_shape)
     _, sharded_params, shardings = init_params(cfg, mesh, DEFAULT_RULES, 0)
-    assert any(len(s.device_set) > 1 and s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings))
+    assert any(
+        len(s.device_set) > 1 and s.spec != jax.sharding.PartitionSpec()
+        for s in jax.tree.leaves(shardings)
+    )
     tokens = jax.random.randint(jax.random.key(1), (8, 8), 0, cfg.vocab_size)
     ref = apply_model(graphdef, params, tokens)
     with parallel.sharding_context(mesh, DEFAULT_RULES):

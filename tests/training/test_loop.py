@@ -47,8 +47,14 @@ def tiny_config(data_dir, **overrides):
     c.progress_bar = False
     c.mesh.update(data=2, fsdp=2, tensor=2)
     c.model.update(
-        vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-        mlp_dim=64, max_seq_len=32,
+        vocab_size=VOCAB,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        mlp_dim=64,
+        max_seq_len=32,
     )
     c.optimizer.update(learning_rate=3e-3, warmup_steps=2, weight_decay=0.01)
     c.data.update(
@@ -78,7 +84,11 @@ def train_losses(workdir):
 
 def test_tiny_pretraining_run_learns_and_writes_its_workdir(data_dir, tmp_path):
     cfg = tiny_config(
-        data_dir, total_steps=60, log_every=10, eval_every=30, checkpoint_every=30,
+        data_dir,
+        total_steps=60,
+        log_every=10,
+        eval_every=30,
+        checkpoint_every=30,
         **{"optimizer.learning_rate": 1e-2},
     )
     loop.train(cfg, str(tmp_path))
@@ -119,12 +129,20 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(data_dir, tmp_path
     cfg = tiny_config(data_dir, total_steps=100000, checkpoint_every=100000)
     flags = [f"--config.{k}={v}" for k, v in _flatten(cfg.to_dict())]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    cmd = [sys.executable, "-m", "align_jax.train", f"--config={REPO}/configs/pretrain/tiny.py",
-           f"--workdir={tmp_path}", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "align_jax.train",
+        f"--config={REPO}/configs/pretrain/tiny.py",
+        f"--workdir={tmp_path}",
+        *flags,
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -154,10 +172,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     before = sorted(os.listdir(tmp_path / "checkpoints" / "4" / "state"))
     # An absurd learning rate blows the parameters up within a few steps.
     cfg = tiny_config(
-        data_dir, total_steps=40, checkpoint_every=1, **{"optimizer.learning_rate": 1e30,
-                                                         "optimizer.warmup_steps": 0}
+        data_dir,
+        total_steps=40,
+        checkpoint_every=1,
+        **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0},
     )
-    with pytest.raises(loop.TrainingError, match=r"non-finite loss or parameters .* at step \d+.*last good checkpoint"):
+    with pytest.raises(
+        loop.TrainingError,
+        match=r"non-finite loss or parameters .* at step \d+.*last good checkpoint",
+    ):
         loop.train(cfg, str(tmp_path))
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     # Every checkpoint that was written holds finite parameters.
@@ -190,9 +213,15 @@ def test_init_from_loads_parameters_and_names_mismatches(data_dir, tmp_path):
     cfg = tiny_config(data_dir, mesh={"data": 1, "fsdp": 8, "tensor": 1})
     shapes, shardings = _param_tree(cfg)
     params = ckpt.load_params(str(tmp_path / "a"), shapes, shardings)
-    assert params["layers"]["mlp"]["up_kernel"].sharding.spec == shardings["layers"]["mlp"]["up_kernel"].spec
+    assert (
+        params["layers"]["mlp"]["up_kernel"].sharding.spec
+        == shardings["layers"]["mlp"]["up_kernel"].spec
+    )
     wider = tiny_config(data_dir, **{"model.mlp_dim": 96})
-    with pytest.raises(ckpt.CheckpointError, match=r"'layers/mlp/down_kernel' has shape \(2, 64, 32\).*expects \(2, 96, 32\)"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"'layers/mlp/down_kernel' has shape \(2, 64, 32\).*expects \(2, 96, 32\)",
+    ):
         ckpt.load_params(str(tmp_path / "a"), *_param_tree(wider))
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
         ckpt.load_params(str(tmp_path / "nope"), shapes, shardings)
@@ -227,7 +256,9 @@ def _run_step(cfg, mesh, batch, accum=1):
         grads = jax.jit(jax.grad(lambda p, b: objective.loss_fn(p, None, b, None)[0]))(
             params, jax.device_put(batch, batch_sh)
         )
-        fn = step_lib.jit_train_step(step_lib.make_train_step(objective, tx, schedule, accum), state_sh, batch_sh, mesh)
+        fn = step_lib.jit_train_step(
+            step_lib.make_train_step(objective, tx, schedule, accum), state_sh, batch_sh, mesh
+        )
         new_state, metrics = fn(state, jax.device_put(batch, batch_sh), jax.random.key(0), None)
     return jax.device_get(grads), jax.device_get(new_state["params"]), jax.device_get(metrics)
 
@@ -253,9 +284,16 @@ def _close(a, b, rel=1e-4):
 def test_gradient_accumulation_equals_one_big_batch(data_dir, devices):
     # SGD without momentum: the update is -lr * gradient, so comparing updates compares the
     # accumulated gradient itself (AdamW's g / sqrt(v) would amplify float noise near 0).
-    cfg = tiny_config(data_dir, **{"optimizer.warmup_steps": 0, "optimizer.name": "sgd",
-                                   "optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0,
-                                   "optimizer.learning_rate": 1.0})
+    cfg = tiny_config(
+        data_dir,
+        **{
+            "optimizer.warmup_steps": 0,
+            "optimizer.name": "sgd",
+            "optimizer.momentum": 0.0,
+            "optimizer.weight_decay": 0.0,
+            "optimizer.learning_rate": 1.0,
+        },
+    )
     batch = _synthetic_batch(cfg, seed=1)
     mesh = parallel.make_mesh(cfg.mesh)
     _, init, _ = models.init_params(cfg.model, mesh, cfg.sharding.rules, 0)
@@ -263,7 +301,9 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir, devices):
     _, params4, m4 = _run_step(cfg, mesh, batch, accum=4)
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
     np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
-    delta = lambda new: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new, jax.device_get(init))  # noqa: E731
+    delta = lambda new: jax.tree.map(
+        lambda a, b: np.asarray(a) - np.asarray(b), new, jax.device_get(init)
+    )  # noqa: E731
     jax.tree.map(lambda a, b: _close(a, b, 1e-4), delta(params4), delta(params1))
     # The per-micro-batch mean (the bug) would differ: check the batch makes that visible.
     mask = batch["loss_mask"].reshape(2, 4, -1).swapaxes(0, 1).sum((1, 2))
@@ -272,7 +312,9 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir, devices):
 
 def test_unknown_objective_and_loss_type_list_the_valid_ones(data_dir):
     graphdef, _, _ = models.abstract_params(tiny_config(data_dir).model)
-    with pytest.raises(ValueError, match=r"config.objective.name 'dpoo' is unknown; valid objectives: \['pretrain'"):
+    with pytest.raises(
+        ValueError, match=r"config.objective.name 'dpoo' is unknown; valid objectives: \['pretrain'"
+    ):
         objectives.build(tiny_config(data_dir, **{"objective.name": "dpoo"}), graphdef)
     with pytest.raises(ValueError, match=r"loss_type 'ce' is not valid .* \['cross_entropy'\]"):
         objectives.build(tiny_config(data_dir, **{"objective.loss_type": "ce"}), graphdef)
@@ -280,20 +322,34 @@ def test_unknown_objective_and_loss_type_list_the_valid_ones(data_dir):
 
 def _cli(tmp_path, *extra, data_dir):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    cmd = [sys.executable, "-m", "align_jax.train", f"--config={REPO}/configs/pretrain/tiny.py:{data_dir}",
-           f"--workdir={tmp_path}", "--config.total_steps=2", "--config.model.n_layers=1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "align_jax.train",
+        f"--config={REPO}/configs/pretrain/tiny.py:{data_dir}",
+        f"--workdir={tmp_path}",
+        "--config.total_steps=2",
+        "--config.model.n_layers=1",
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_bad_inputs_are_one_line_errors(data_dir, tmp_path):
     out = _cli(tmp_path / "a", "--config.optimizer.nope=1", data_dir=data_dir)
     assert out.returncode != 0 and "nope" in out.stderr
-    out = _cli(tmp_path / "b", f"--config.data.tokenizer={tmp_path}/missing.model", data_dir=data_dir)
+    out = _cli(
+        tmp_path / "b", f"--config.data.tokenizer={tmp_path}/missing.model", data_dir=data_dir
+    )
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.model" in out.stderr
+    assert (
+        out.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.model" in out.stderr
+    )
     assert "Traceback" not in out.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\nnot json\n')
     out = _cli(tmp_path / "c", f"--config.data.train_files={bad}", data_dir=data_dir)
     last = out.stderr.strip().splitlines()[-1]
-    assert out.returncode == 1 and f"{bad}:2" in last and "Traceback" not in out.stderr, out.stderr[-1500:]
+    assert out.returncode == 1 and f"{bad}:2" in last and "Traceback" not in out.stderr, out.stderr[
+        -1500:
+    ]
