@@ -22,9 +22,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
-    "Call jax.distributed.initialize() first (multi-host TPU pods, or the JAX_COORDINATOR_* "
-    "environment variables).",
+    "Call jax.distributed.initialize() first: multi-host TPU pods detect their peers; "
+    "elsewhere give --coordinator_address, --num_processes and --process_id.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (with --distributed; auto on TPU pods)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,7 +42,13 @@ def main(argv):
     import jax
 
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        if jax.config.jax_platforms == "cpu":  # CPU collectives across processes need gloo
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
 
     from align_jax.checkpoint import CheckpointError
     from align_jax.data.sources import DataError

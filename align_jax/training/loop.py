@@ -38,7 +38,9 @@ class TrainingError(RuntimeError):
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
-    path = os.path.join(workdir, ".lock")
+    # One lock per JAX process: the processes of one multi-host job share the workdir.
+    suffix = f".{jax.process_index()}" if jax.process_count() > 1 else ""
+    path = os.path.join(workdir, ".lock" + suffix)
     f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,7 +1,7 @@
 """Llama-3-8B-shaped pretraining, for planning runs on TPU pods (not run on a laptop).
 
     python -m align_jax.train --distributed --config=configs/pretrain/llama3_8b.py \
-        --workdir=gs://bucket/runs/llama3_8b --config.data.train_files='/data/*.jsonl'
+        --workdir=/mnt/shared/runs/llama3_8b --config.data.train_files='/data/*.jsonl'
 
 8.03B parameters: 32 layers, d_model 4096, 32 query heads and 8 KV heads of 128, SwiGLU
 14336, vocab 128256, RoPE theta 500000 with Llama-3.1 scaling. bf16 compute over fp32
