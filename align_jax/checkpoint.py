@@ -106,23 +106,32 @@ def _flatten(tree, prefix=()) -> dict:
     return {prefix: tree}
 
 
-def load_params(path: str, param_shapes: dict, param_shardings: dict) -> dict:
+# Parameters a later stage may add on top of an earlier stage's model: they start fresh.
+NEW_HEADS = ("score_head",)
+
+
+def load_params(
+    path: str, param_shapes: dict, param_shardings: dict, *, fresh: dict | None = None
+) -> dict:
     """Parameters of an earlier stage's checkpoint, placed in this run's shardings.
 
     Works whatever mesh wrote the checkpoint. Every parameter this model needs must be in
     the checkpoint with the same shape: a mismatch is an error naming the path and shapes.
-    Extra checkpoint parameters (a head this model lacks) are reported to the caller.
+    The exception is a new head (`NEW_HEADS`, e.g. a reward model's score head on an SFT
+    backbone): with `fresh` (newly initialised parameters) given, those come from `fresh`.
+    `checkpoint_diff` says what was added and what went unused, for the log.
     """
     state_dir = _resolve_state_dir(path)
-    meta = ocp.StandardCheckpointer().metadata(state_dir)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
+    tree = _stored_tree(state_dir)
     if not isinstance(tree, dict) or "params" not in tree:
         raise CheckpointError(f"config.init_from: '{state_dir}' holds no 'params'")
     stored = _flatten(dict(tree["params"]))
     wanted = _flatten(param_shapes)
+    new = {k for k in wanted if k not in stored and k[0] in NEW_HEADS and fresh is not None}
     for key, shape in wanted.items():
         name = "/".join(key)
+        if key in new:
+            continue
         if key not in stored:
             raise CheckpointError(
                 f"config.init_from: parameter '{name}' {tuple(shape.shape)} is missing from "
@@ -133,7 +142,9 @@ def load_params(path: str, param_shapes: dict, param_shardings: dict) -> dict:
                 f"config.init_from: parameter '{name}' has shape {tuple(stored[key].shape)} in "
                 f"'{state_dir}' but the model expects {tuple(shape.shape)}"
             )
-    target = {"params": abstract_like(param_shapes, param_shardings)}
+    target_shapes = {k: v for k, v in param_shapes.items() if k not in NEW_HEADS or not new}
+    target_shardings = {k: param_shardings[k] for k in target_shapes}
+    target = {"params": abstract_like(target_shapes, target_shardings)}
     restored = ocp.PyTreeCheckpointer().restore(
         state_dir,
         args=ocp.args.PyTreeRestore(
@@ -142,14 +153,23 @@ def load_params(path: str, param_shapes: dict, param_shardings: dict) -> dict:
             partial_restore=True,
         ),
     )
-    return restored["params"]
+    params = dict(restored["params"])
+    for head in {k[0] for k in new}:
+        params[head] = fresh[head]
+    return params
 
 
-def unused_checkpoint_params(path: str, param_shapes: dict) -> list[str]:
-    """Names of parameters in the checkpoint that the model does not use (e.g. a dropped head)."""
-    meta = ocp.StandardCheckpointer().metadata(_resolve_state_dir(path))
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    stored = _flatten(dict(tree["params"]))
+def checkpoint_diff(path: str, param_shapes: dict) -> tuple[list[str], list[str]]:
+    """(parameters the model has that the checkpoint lacks, checkpoint parameters unused)."""
+    stored = _flatten(dict(_stored_tree(_resolve_state_dir(path))["params"]))
     wanted = _flatten(param_shapes)
-    return sorted("/".join(k) for k in stored if k not in wanted)
+    return (
+        sorted("/".join(k) for k in wanted if k not in stored),
+        sorted("/".join(k) for k in stored if k not in wanted),
+    )
+
+
+def _stored_tree(state_dir) -> dict:
+    meta = ocp.StandardCheckpointer().metadata(state_dir)
+    tree = getattr(meta, "item_metadata", meta)
+    return getattr(tree, "tree", tree)

@@ -26,8 +26,50 @@ DEFAULT_RULES = (
 )
 
 
-def model_config(**overrides) -> ml_collections.ConfigDict:
-    """Decoder-only transformer switches (Llama / Qwen / Gemma families)."""
+# Named model shapes shared by every stage's configs, so a handoff between stages (which
+# needs the same architecture) is one name, not copied numbers.
+MODEL_PRESETS = {
+    # 0.5M parameters: seconds per stage on a laptop CPU.
+    "tiny": dict(
+        vocab_size=512,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=32,
+        mlp_dim=384,
+        max_seq_len=128,
+    ),
+    # Meta-Llama-3-8B: 8.03B parameters.
+    "llama3_8b": dict(
+        vocab_size=128256,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=128,
+        mlp_dim=14336,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_seq_len=8192,
+        rope_scaling=dict(
+            type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position=8192,
+        ),
+        dtype="bfloat16",
+        remat="full",
+    ),
+}
+
+
+def model_config(preset: str | None = None, **overrides) -> ml_collections.ConfigDict:
+    """Decoder-only transformer switches (Llama / Qwen / Gemma families).
+
+    `preset` names a shape in MODEL_PRESETS; `overrides` change single fields.
+    """
     m = ml_collections.ConfigDict()
     m.vocab_size = 32000
     m.d_model = 512
@@ -62,6 +104,13 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
     m.remat = "none"  # none | full | dots (save matmul outputs) | dots_no_batch
+    m.head = "lm"  # lm: next-token logits; scalar: one score per token (reward / value models)
+    if preset is not None:
+        if preset not in MODEL_PRESETS:
+            raise ValueError(
+                f"model preset {preset!r} is unknown; presets: {sorted(MODEL_PRESETS)}"
+            )
+        m.update(MODEL_PRESETS[preset])
     m.update(overrides)
     return m
 
@@ -112,6 +161,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.add_eos = True
     c.data.shuffle = True
     c.data.num_epochs = 0  # 0: repeat forever
+    # SFT and preference data (align_jax/data/records.py documents the record fields).
+    c.data.chat_template = "simple"  # simple | chatml, for `messages` records
+    c.data.packing = True  # SFT: first-fit pack whole examples into rows
+    c.data.overlong = "truncate"  # truncate | drop examples longer than seq_len (counted)
+    c.data.drop_identical_pairs = True  # pairs with chosen == rejected (always counted)
     c.data.read_threads = 0  # threads reading + tokenizing documents; 0: inline
     c.data.prefetch_batches = 2  # batches built ahead in a background thread; 0: off
 
@@ -119,4 +173,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective.name = "pretrain"
     c.objective.loss_type = "cross_entropy"
     c.objective.z_loss = 0.0
+    c.objective.center_coef = 0.0  # reward model: c * (r_chosen + r_rejected)^2
     return c

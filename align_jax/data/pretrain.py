@@ -71,8 +71,12 @@ FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 # --- public API ---------------------------------------------------------------------------
 
 
-def load_source(data_cfg, split: str = "train") -> DocumentSource:
-    """Indexes and validates `data_cfg.<split>_files` (split: "train" or "eval")."""
+def load_source(data_cfg, split: str = "train", tokenizer: Tokenizer | None = None) -> DocumentSource:
+    """Indexes and validates `data_cfg.<split>_files` (split: "train" or "eval").
+
+    `tokenizer` is unused here (documents are tokenized as they stream); the SFT and pair
+    pipelines take it for their length pre-pass, and the loop calls all three alike."""
+    del tokenizer
     key = f"{split}_files"
     files = expand_files(data_cfg[key], f"config.data.{key}")
     return DocumentSource(files, format=data_cfg.format, text_field=data_cfg.text_field)

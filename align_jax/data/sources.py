@@ -102,7 +102,7 @@ class DocumentSource:
         self.paths = list(paths)
         self.text_field = text_field
         self._formats = [resolve_format(p, format) for p in self.paths]
-        self.num_skipped_empty = 0
+        self.skipped: dict[str, int] = {}  # skip reason -> count
         file_ids, offsets, lengths = [], [], []
         for file_id, (path, fmt) in enumerate(zip(self.paths, self._formats, strict=True)):
             index = self._index_jsonl(path) if fmt == "jsonl" else self._index_text(path)
@@ -111,8 +111,8 @@ class DocumentSource:
             lengths += [length for _, length in index]
         if not offsets:
             raise DataError(
-                f"{', '.join(self.paths)}: no non-empty documents "
-                f"({self.num_skipped_empty} empty skipped); expected at least one"
+                f"{', '.join(self.paths)}: no usable records "
+                f"(skipped: {self.skipped or 'none'}); expected at least one"
             )
         self._file_ids = np.asarray(file_ids, np.int32)
         self._offsets = np.asarray(offsets, np.int64)
@@ -134,7 +134,7 @@ class DocumentSource:
         return f
 
     def _index_jsonl(self, path: str) -> list[tuple[int, int]]:
-        expected = f"expected a JSON object with a string {self.text_field!r} field"
+        expected = self._expected
         index = []
         offset = 0
         with self._open(path) as f:
@@ -156,21 +156,36 @@ class DocumentSource:
                     raise DataError(f"{where}: not valid JSON ({e.msg}); {expected}") from None
                 if not isinstance(record, dict):
                     raise DataError(f"{where}: got a JSON {type(record).__name__}; {expected}")
-                if self.text_field not in record:
-                    fields = ", ".join(sorted(record)) or "none"
-                    raise DataError(
-                        f"{where}: no {self.text_field!r} field (fields: {fields}); {expected}"
-                    )
-                text = record[self.text_field]
-                if not isinstance(text, str):
-                    raise DataError(
-                        f"{where}: {self.text_field!r} is a {type(text).__name__}; {expected}"
-                    )
-                if not text.strip():
-                    self.num_skipped_empty += 1
+                skip = self._check(record, where, expected)
+                if skip:
+                    self.skipped[skip] = self.skipped.get(skip, 0) + 1
                     continue
                 index.append((start, len(raw)))
         return index
+
+    @property
+    def _expected(self) -> str:
+        return f"expected a JSON object with a string {self.text_field!r} field"
+
+    def _check(self, record: dict, where: str, expected: str) -> str | None:
+        """Raises DataError for a malformed record; returns a skip reason, or None to keep it.
+
+        Subclasses (records of other stages) override this and `_extract`.
+        """
+        if self.text_field not in record:
+            fields = ", ".join(sorted(record)) or "none"
+            raise DataError(f"{where}: no {self.text_field!r} field (fields: {fields}); {expected}")
+        text = record[self.text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{where}: {self.text_field!r} is a {type(text).__name__}; {expected}")
+        return None if text.strip() else "empty"
+
+    def _extract(self, record: dict):
+        return record[self.text_field]
+
+    @property
+    def num_skipped_empty(self) -> int:
+        return self.skipped.get("empty", 0)
 
     def _index_text(self, path: str) -> list[tuple[int, int]]:
         """Documents are maximal runs of non-blank lines; (start, length) excludes the final
@@ -216,16 +231,15 @@ class DocumentSource:
                     fd = self._fds[file_id] = os.open(self.paths[file_id], os.O_RDONLY)
         raw = os.pread(fd, int(self._lengths[index]), int(self._offsets[index]))
         if self._formats[file_id] == "jsonl":
-            return json.loads(raw)[self.text_field]
+            return self._extract(json.loads(raw))
         return raw.decode("utf-8")
 
     def stats(self) -> dict[str, int]:
         """Counts for the trainer to log once at start-up."""
-        return {
-            "files": len(self.paths),
-            "documents": len(self),
-            "skipped_empty": self.num_skipped_empty,
-        }
+        stats = {"files": len(self.paths), "documents": len(self)}
+        stats.update({f"skipped_{k}": v for k, v in sorted(self.skipped.items())})
+        stats.setdefault("skipped_empty", 0)
+        return stats
 
     def close(self) -> None:
         fds, self._fds = self._fds, {}

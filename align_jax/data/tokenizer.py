@@ -11,6 +11,9 @@ pretraining text:
   of distinct characters kept (sentencepiece says so if it does not).
 - `normalization_rule_name="identity"`, `remove_extra_whitespaces=False`: no NFKC folding,
   no whitespace collapsing; code and formatted text keep their spaces and newlines.
+- `add_dummy_prefix=False`: no space is invented in front of an encoded string, so
+  encoding prompt and completion (or chat turns) separately and concatenating the ids
+  decodes to exactly the concatenated text; SFT loss masks rely on that split.
 - Fixed special ids: pad=0, bos=1, eos=2, unk=3, the Llama layout, so configs and tests
   can rely on them.
 - `hard_vocab_limit=False`: a small corpus yields a smaller vocabulary instead of failing;
@@ -160,6 +163,7 @@ def train_tokenizer(
             byte_fallback=True,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
             split_digits=True,
             allow_whitespace_only_pieces=True,
             hard_vocab_limit=False,

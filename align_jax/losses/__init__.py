@@ -1,8 +1,92 @@
 """Pure loss functions over arrays: no model, no config, no Flax.
 
 Import them into any research code: `from align_jax.losses import cross_entropy, ...`.
+Each loss docstring gives shapes, the formula and the paper's arXiv id; per-example losses
+come first in what a loss returns, and the caller reduces.
 """
 
 from align_jax.losses.common import cross_entropy, masked_mean, token_logprobs
+from align_jax.losses.dpo import (
+    DPO_LOSS_TYPES,
+    F_DIVERGENCES,
+    combined_dpo_loss,
+    dpo_loss,
+    f_divergence_score,
+    ld_logps,
+    wpo_weights,
+)
+from align_jax.losses.listwise import (
+    plackett_luce_loss,
+    scores_to_soft_labels,
+    soft_label_dpo_loss,
+    soft_pairwise_loss,
+)
+from align_jax.losses.preference import (
+    KTO_LOSS_TYPES,
+    cpo_loss,
+    kto_loss,
+    kto_reference_point,
+    orpo_loss,
+    simpo_loss,
+)
+from align_jax.losses.reward import bradley_terry_loss
+from align_jax.losses.rl import (
+    GRPO_LOSS_TYPES,
+    KL_ESTIMATORS,
+    SCALE_REWARDS,
+    adaptive_kl_coef,
+    aggregate_token_loss,
+    combine_rewards,
+    gae,
+    group_advantages,
+    grpo_loss,
+    grpo_per_token_loss,
+    kl_penalty,
+    masked_whiten,
+    per_token_rewards,
+    ppo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+)
 
-__all__ = ["cross_entropy", "masked_mean", "token_logprobs"]
+__all__ = [
+    "DPO_LOSS_TYPES",
+    "F_DIVERGENCES",
+    "GRPO_LOSS_TYPES",
+    "KL_ESTIMATORS",
+    "KTO_LOSS_TYPES",
+    "SCALE_REWARDS",
+    "adaptive_kl_coef",
+    "aggregate_token_loss",
+    "combine_rewards",
+    "combined_dpo_loss",
+    "cpo_loss",
+    "cross_entropy",
+    "dpo_loss",
+    "f_divergence_score",
+    "gae",
+    "grpo_loss",
+    "grpo_per_token_loss",
+    "group_advantages",
+    "kl_penalty",
+    "kto_loss",
+    "kto_reference_point",
+    "ld_logps",
+    "masked_mean",
+    "masked_whiten",
+    "orpo_loss",
+    "per_token_rewards",
+    "plackett_luce_loss",
+    "ppo_loss",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "bradley_terry_loss",
+    "rloo_advantages",
+    "scores_to_soft_labels",
+    "simpo_loss",
+    "soft_label_dpo_loss",
+    "soft_pairwise_loss",
+    "token_logprobs",
+    "wpo_weights",
+]

@@ -3,6 +3,7 @@
 from align_jax.models.build import (
     abstract_params,
     apply_model,
+    apply_scores,
     init_params,
     param_shardings,
     sequence_logprobs,
@@ -17,6 +18,7 @@ __all__ = [
     "Transformer",
     "abstract_params",
     "apply_model",
+    "apply_scores",
     "count_params",
     "init_params",
     "param_shardings",

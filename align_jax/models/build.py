@@ -69,6 +69,11 @@ def apply_model(graphdef, params, tokens_bl, positions_bl=None, segment_ids_bl=N
     return nnx.merge(graphdef, params)(tokens_bl, positions_bl, segment_ids_bl)
 
 
+def apply_scores(graphdef, params, tokens_bl, positions_bl=None, segment_ids_bl=None):
+    """Per-token scores [B, L] of a scalar-head (reward / value) model."""
+    return nnx.merge(graphdef, params)(tokens_bl, positions_bl, segment_ids_bl)
+
+
 def sequence_logprobs(graphdef, params, batch, *, temperature: float = 1.0):
     """Per-token log-probs [B, L] of `batch['targets']` given `batch['inputs']`.
 

@@ -121,6 +121,20 @@ def _softcap(x: jax.Array, cap: float) -> jax.Array:
     return jnp.tanh(x / cap) * cap if cap else x
 
 
+def _dense(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
+    """`x [..., *in] @ kernel [*in, *out]` computed as one 2-D matmul [tokens, in] @ [in, out].
+
+    The same contraction as the einsum over the `n_in` trailing dims of `x`. Flattening the
+    leading (batch, length) dims first matters for speed, not for the result: autodiff then
+    forms the weight gradient as a plain [in, tokens] @ [tokens, out] product, where with
+    two leading dims XLA:CPU first transposes the [tokens, out] activation gradient in a slow
+    strided copy (tools/bench_train.py measured it at ~15% of a 25M-parameter train step).
+    """
+    lead, k_in, k_out = x.shape[: x.ndim - n_in], kernel.shape[:n_in], kernel.shape[n_in:]
+    y = x.reshape(-1, math.prod(k_in)) @ kernel.reshape(math.prod(k_in), math.prod(k_out))
+    return y.reshape(*lead, *k_out)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg, rngs: nnx.Rngs, stack: Sequence[int] = ()):
         self.cfg = cfg
@@ -142,7 +156,7 @@ class Attention(nnx.Module):
 
     def _project(self, x, name):
         dtype = x.dtype
-        y = jnp.einsum("bld,dnh->blnh", x, getattr(self, f"{name}_kernel")[...].astype(dtype))
+        y = _dense(x, getattr(self, f"{name}_kernel")[...].astype(dtype))  # [B, L, N, Dh]
         if self.cfg.qkv_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(dtype)
         return y
@@ -158,15 +172,24 @@ class Attention(nnx.Module):
         k = apply_rope(k, positions_bl, inv_freq)
         scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
         b, length, h, hd = q.shape
-        groups = h // cfg.n_kv_heads
-        q = q.reshape(b, length, cfg.n_kv_heads, groups, hd) * jnp.asarray(scale, q.dtype)
-        logits = jnp.einsum("blkgd,bmkd->bkglm", q, k).astype(jnp.float32)
+        kv = cfg.n_kv_heads
+        groups = h // kv
+        # Heads-major layout: queries [B, K, G, L, Dh] (the G query heads that share KV head K
+        # next to each other), keys and values [B, K, L, Dh]. Both products below are then
+        # batched over (B, K) with the head dim last, so neither the forward nor the backward
+        # needs to transpose an [L, L] score matrix; only these small per-token tensors move.
+        q = q.reshape(b, length, kv, groups, hd) * jnp.asarray(scale, q.dtype)
+        q = q.transpose(0, 2, 3, 1, 4)
+        k = k.transpose(0, 2, 1, 3)
+        v = v.transpose(0, 2, 1, 3)
+        logits = jnp.einsum("bkgld,bkmd->bkglm", q, k).astype(jnp.float32)
         logits = _softcap(logits, cfg.attn_logit_softcap)
         logits = jnp.where(mask, logits, _MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkglm,bmkd->blkgd", probs, v).reshape(b, length, h, hd)
+        out = jnp.einsum("bkglm,bkmd->bkgld", probs, v)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, hd)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        return jnp.einsum("blnh,nhd->bld", out, self.o_kernel[...].astype(x.dtype))
+        return _dense(out, self.o_kernel[...].astype(x.dtype), n_in=2)
 
 
 class MLP(nnx.Module):
@@ -184,11 +207,11 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         dtype = x.dtype
-        gate = x @ self.gate_kernel[...].astype(dtype)
-        up = x @ self.up_kernel[...].astype(dtype)
+        gate = _dense(x, self.gate_kernel[...].astype(dtype))
+        up = _dense(x, self.up_kernel[...].astype(dtype))
         act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
         hidden = constrain(act * up, ("batch", "length", "mlp"))
-        return hidden @ self.down_kernel[...].astype(dtype)
+        return _dense(hidden, self.down_kernel[...].astype(dtype))
 
 
 class Block(nnx.Module):
@@ -221,7 +244,12 @@ class Transformer(nnx.Module):
         self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg, "normal")
         self.layers = Block(cfg, rngs, stack=(cfg.n_layers,))
         self.final_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs)
-        if not cfg.tie_embeddings:
+        if cfg.head not in ("lm", "scalar"):
+            raise ValueError(f"config.model.head '{cfg.head}' is not one of lm, scalar")
+        if cfg.head == "scalar":
+            # Reward and value models: one score per token, read where the objective wants.
+            self.score_head = _param(rngs, (cfg.d_model, 1), ("embed", None), cfg, "normal")
+        elif not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg, "normal")
 
     def hidden_states(self, tokens_bl, positions_bl=None, segment_ids_bl=None) -> jax.Array:
@@ -260,14 +288,21 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         dtype = hidden_bld.dtype
         if cfg.tie_embeddings:
-            logits = hidden_bld @ self.embedding[...].astype(dtype).T
+            logits = _dense(hidden_bld, self.embedding[...].astype(dtype).T)
         else:
-            logits = hidden_bld @ self.lm_head[...].astype(dtype)
+            logits = _dense(hidden_bld, self.lm_head[...].astype(dtype))
         logits = _softcap(logits.astype(jnp.float32), cfg.final_logit_softcap)
         return constrain(logits, ("batch", "length", "vocab"))
 
+    def scores(self, hidden_bld: jax.Array) -> jax.Array:
+        """Scalar-head scores [B, L] (float32) of `config.model.head = "scalar"` models."""
+        kernel = self.score_head[...].astype(hidden_bld.dtype)
+        return (hidden_bld @ kernel)[..., 0].astype(jnp.float32)
+
     def __call__(self, tokens_bl, positions_bl=None, segment_ids_bl=None) -> jax.Array:
-        return self.logits(self.hidden_states(tokens_bl, positions_bl, segment_ids_bl))
+        """Logits [B, L, V], or scores [B, L] for a scalar-head model."""
+        hidden = self.hidden_states(tokens_bl, positions_bl, segment_ids_bl)
+        return self.scores(hidden) if self.cfg.head == "scalar" else self.logits(hidden)
 
 
 def count_params(cfg, *, include_embeddings: bool = True) -> int:
@@ -277,7 +312,9 @@ def count_params(cfg, *, include_embeddings: bool = True) -> int:
     per_layer += 2 * hd if cfg.qk_norm else 0
     per_layer += 2 * d if cfg.post_norms else 0
     total = n * per_layer + d
-    if include_embeddings:
+    if cfg.head == "scalar":
+        total += d + (cfg.vocab_size * d if include_embeddings else 0)
+    elif include_embeddings:
         total += cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
     return total
 
@@ -288,6 +325,7 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
     6 * (matmul parameters, the LM head included, the embedding lookup not) plus
     12 * layers * heads * head_dim * seq_len for the attention scores and values.
     """
-    matmul_params = count_params(cfg, include_embeddings=False) + cfg.vocab_size * cfg.d_model
+    head = cfg.vocab_size * cfg.d_model if cfg.head == "lm" else 0
+    matmul_params = count_params(cfg, include_embeddings=False) + head
     attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
     return 6.0 * matmul_params + attention

@@ -26,6 +26,8 @@ class Objective:
     batch_kind: str  # which data pipeline feeds it, e.g. "tokens"
     # Tokens in a batch, for throughput: a function of the batch's shapes.
     tokens_per_batch: Callable[[dict], int]
+    # Its loss is a per-token negative log-likelihood, so eval reports exp(loss).
+    reports_perplexity: bool = False
 
 
 _BUILDERS: dict[str, tuple[Callable[..., Objective], tuple[str, ...]]] = {}
@@ -43,7 +45,7 @@ def register(name: str, loss_types: tuple[str, ...]):
 
 def build(config, graphdef) -> Objective:
     # Import for the registration side effect; objectives live in this package.
-    from align_jax.objectives import pretrain  # noqa: F401
+    from align_jax.objectives import pretrain, reward  # noqa: F401
 
     name = config.objective.name
     if name not in _BUILDERS:

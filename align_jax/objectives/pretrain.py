@@ -1,7 +1,8 @@
-"""Next-token prediction on packed rows (pretraining).
+"""Next-token prediction: pretraining, and SFT (the same loss on a different mask).
 
-Loss: cross-entropy summed over target tokens that belong to the same document as their
-input (the `loss_mask` the packer writes), divided once by the number of such tokens.
+Loss: cross-entropy summed over the target tokens the data marks in `loss_mask`, divided
+once by their number. Pretraining marks every target of the same document as its input;
+SFT marks only completion / assistant tokens, so prompt tokens carry no loss.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from align_jax.models import apply_model
 from align_jax.objectives import Objective, register
 
 
-@register("pretrain", loss_types=("cross_entropy",))
-def build(config, graphdef) -> Objective:
+def _build(config, graphdef, name: str, batch_kind: str) -> Objective:
     z_loss = float(config.objective.z_loss)
 
     def loss_fn(params, frozen, batch, rng):
@@ -34,8 +34,19 @@ def build(config, graphdef) -> Objective:
         return nll_sum + z_sum, (num_tokens, metrics)
 
     return Objective(
-        name="pretrain",
+        name=name,
         loss_fn=loss_fn,
-        batch_kind="tokens",
+        batch_kind=batch_kind,
         tokens_per_batch=lambda batch: int(batch["inputs"].size),
+        reports_perplexity=True,
     )
+
+
+@register("pretrain", loss_types=("cross_entropy",))
+def build_pretrain(config, graphdef) -> Objective:
+    return _build(config, graphdef, "pretrain", "tokens")
+
+
+@register("sft", loss_types=("cross_entropy",))
+def build_sft(config, graphdef) -> Objective:
+    return _build(config, graphdef, "sft", "sft")

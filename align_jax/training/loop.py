@@ -23,7 +23,9 @@ import numpy as np
 
 from align_jax import checkpoint as ckpt
 from align_jax import models, objectives, parallel
+from align_jax.data import pairs as pairs_data
 from align_jax.data import pretrain as pretrain_data
+from align_jax.data import sft as sft_data
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.training import metrics as metrics_lib
 from align_jax.training import step as step_lib
@@ -90,6 +92,8 @@ class _StopFlag:
 # make_eval_iterator, count_stats). Later stages add theirs here.
 DATA_PIPELINES = {
     "tokens": pretrain_data,
+    "sft": sft_data,
+    "pairs": pairs_data,
 }
 
 
@@ -140,8 +144,10 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh)
 
     data = DATA_PIPELINES[objective.batch_kind]
-    train_source = data.load_source(config.data, "train")
-    eval_source = data.load_source(config.data, "eval") if config.data.eval_files else None
+    train_source = data.load_source(config.data, "train", tokenizer)
+    eval_source = (
+        data.load_source(config.data, "eval", tokenizer) if config.data.eval_files else None
+    )
     for split, source in (("train", train_source), ("eval", eval_source)):
         if source is not None:
             log.info("%s data: %s", split, data.count_stats(source))
@@ -167,11 +173,17 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             log.info("resumed from %s at step %d", checkpointer.directory, start)
         else:
             start = 0
+            _, params, _ = models.init_params(config.model, mesh, rules, config.seed)
             if config.init_from:
-                params = ckpt.load_params(config.init_from, param_shapes, param_shardings)
+                params = ckpt.load_params(
+                    config.init_from, param_shapes, param_shardings, fresh=params
+                )
+                added, unused = ckpt.checkpoint_diff(config.init_from, param_shapes)
                 log.info("initialised parameters from %s", config.init_from)
-            else:
-                _, params, _ = models.init_params(config.model, mesh, rules, config.seed)
+                if added:
+                    log.info("newly initialised (not in the checkpoint): %s", ", ".join(added))
+                if unused:
+                    log.info("checkpoint parameters not used: %s", ", ".join(unused))
             state = step_lib.init_state(tx, params, shardings)
         n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
         log.info("model: %.2fM parameters", n_params / 1e6)
@@ -218,7 +230,14 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                     step % config.eval_every == 0 or step == config.total_steps
                 ):
                     eval_metrics = evaluate(
-                        config, eval_step, data, tokenizer, eval_source, state, batch_sharding
+                        config,
+                        objective,
+                        eval_step,
+                        data,
+                        tokenizer,
+                        eval_source,
+                        state,
+                        batch_sharding,
                     )
                     if eval_metrics:
                         writer.write(step, eval_metrics, prefix="eval_")
@@ -242,7 +261,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     return last_logged
 
 
-def evaluate(config, eval_step, data, tokenizer, source, state, batch_sharding) -> dict:
+def evaluate(config, objective, eval_step, data, tokenizer, source, state, batch_sharding) -> dict:
     """Loss and perplexity over the held-out split (or its first `eval_steps` batches)."""
     if source is None:
         return {}
@@ -263,6 +282,8 @@ def evaluate(config, eval_step, data, tokenizer, source, state, batch_sharding) 
     if denom == 0:
         return {}
     loss = loss_sum / denom
-    out = {"loss": loss, "perplexity": float(np.exp(min(loss, 80.0)))}
+    out = {"loss": loss}
+    if objective.reports_perplexity:
+        out["perplexity"] = float(np.exp(min(loss, 80.0)))
     out.update({k: s / max(c, 1.0) for k, (s, c) in metric_sums.items()})
     return out

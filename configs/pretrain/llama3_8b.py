@@ -9,7 +9,7 @@ parameters, full rematerialisation of each scanned block, FSDP over all chips.
 `:runlocal` keeps the shapes' ratios but shrinks everything to run on a CPU in seconds.
 """
 
-from align_jax.config import base_config
+from align_jax.config import base_config, model_config
 
 
 def get_config(arg: str | None = None):
@@ -22,26 +22,8 @@ def get_config(arg: str | None = None):
     c.checkpoint_every = 1000
     c.mesh.update(data=1, fsdp=-1, tensor=1)
 
+    c.model = model_config("llama3_8b")
     m = c.model
-    m.vocab_size = 128256
-    m.d_model = 4096
-    m.n_layers = 32
-    m.n_heads = 32
-    m.n_kv_heads = 8
-    m.head_dim = 128
-    m.mlp_dim = 14336
-    m.norm_eps = 1e-5
-    m.rope_theta = 500000.0
-    m.rope_scaling.update(
-        type="llama3",
-        factor=8.0,
-        low_freq_factor=1.0,
-        high_freq_factor=4.0,
-        original_max_position=8192,
-    )
-    m.max_seq_len = 8192
-    m.dtype = "bfloat16"
-    m.remat = "full"
 
     c.optimizer.update(
         name="adamw", learning_rate=3e-4, warmup_steps=2000, weight_decay=0.1, b2=0.95

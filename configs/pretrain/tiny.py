@@ -8,7 +8,7 @@
 `:data_dir` picks another corpus folder: `--config=configs/pretrain/tiny.py:/path/to/dir`.
 """
 
-from align_jax.config import base_config
+from align_jax.config import base_config, model_config
 
 
 def get_config(arg: str | None = None):
@@ -21,15 +21,7 @@ def get_config(arg: str | None = None):
     c.checkpoint_every = 100
     c.mesh.update(data=1, fsdp=-1, tensor=1)
 
-    m = c.model
-    m.vocab_size = 512
-    m.d_model = 128
-    m.n_layers = 2
-    m.n_heads = 4
-    m.n_kv_heads = 2
-    m.head_dim = 32
-    m.mlp_dim = 384
-    m.max_seq_len = 128
+    c.model = model_config("tiny")
 
     c.optimizer.learning_rate = 3e-3
     c.optimizer.warmup_steps = 20

@@ -193,7 +193,7 @@ def test_empty_documents_are_skipped_and_counted(tmp_path):
     assert src.num_skipped_empty == 2
     assert count_stats(src) == {"files": 1, "documents": 2, "skipped_empty": 2}
     only_empty = _write_jsonl(tmp_path / "e.jsonl", ["", " "])
-    assert "no non-empty documents (2 empty skipped)" in _error(DocumentSource, [str(only_empty)])
+    assert "no usable records (skipped: {'empty': 2})" in _error(DocumentSource, [str(only_empty)])
 
 
 def test_text_files_split_on_blank_lines(tmp_path):

@@ -1,0 +1,355 @@
+"""Reward model, PPO and GRPO pieces against numpy loops written from REFERENCES.md."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from align_jax.losses import (
+    adaptive_kl_coef,
+    aggregate_token_loss,
+    bradley_terry_loss,
+    combine_rewards,
+    gae,
+    group_advantages,
+    grpo_loss,
+    grpo_per_token_loss,
+    kl_penalty,
+    masked_whiten,
+    per_token_rewards,
+    ppo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+)
+
+
+def log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    """Right-padded completions: B = 4, T = 6, lengths 6, 4, 1, 3."""
+    rng = np.random.default_rng(10)
+    lengths = np.array([6, 4, 1, 3])
+    mask = np.arange(6)[None, :] < lengths[:, None]
+    logps = -rng.uniform(0.05, 3.0, (4, 6))
+    old_logps = logps + rng.normal(0.0, 0.3, (4, 6))
+    ref_logps = logps + rng.normal(0.0, 0.5, (4, 6))
+    values = rng.normal(0.0, 1.0, (4, 6))
+    rewards = rng.normal(0.0, 1.0, (4, 6))
+    return dict(
+        mask=mask, logps=logps, old=old_logps, ref=ref_logps, values=values, rewards=rewards
+    )
+
+
+def test_bradley_terry_reward_loss():
+    rc, rr = np.array([1.0, -0.5, 2.0, 0.3]), np.array([0.0, 0.5, -1.0, 0.3])
+    margin = np.array([0.5, 0.0, 1.0, 0.2])
+    got = bradley_terry_loss(
+        jnp.asarray(rc), jnp.asarray(rr), margin_b=jnp.asarray(margin), center_coef=0.01
+    )
+    want = -log_sigmoid(rc - rr - margin) + 0.01 * (rc + rr) ** 2
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # by hand: r_c - r_r = 1, no margin: log(1 + e^-1)
+    plain = bradley_terry_loss(jnp.array([1.0]), jnp.array([0.0]))
+    assert float(plain[0]) == pytest.approx(0.31326168751822286, rel=1e-6)
+
+
+def test_kl_estimators(rollout):
+    lp, ref = rollout["logps"], rollout["ref"]
+    x = ref - lp
+    want = {"k1": lp - ref, "k2": 0.5 * (lp - ref) ** 2, "k3": np.exp(x) - 1 - x}
+    for name, expected in want.items():
+        np.testing.assert_allclose(
+            kl_penalty(lp, ref, estimator=name), expected, rtol=1e-5, atol=1e-7
+        )
+    assert (np.asarray(kl_penalty(lp, ref, estimator="k3")) >= 0).all()
+    # by hand: pi = 1/2, pi_ref = 1/4 -> x = log(1/2): 1/2 - 1 + log 2
+    k3 = kl_penalty(jnp.log(0.5), jnp.log(0.25), estimator="k3")
+    assert float(k3) == pytest.approx(0.5 - 1 + np.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="k1"):
+        kl_penalty(lp, ref, estimator="k4")
+
+
+def test_per_token_rewards(rollout):
+    mask, lp, ref = rollout["mask"], rollout["logps"], rollout["ref"]
+    scores = np.array([1.0, -2.0, 0.5, 3.0])
+    has_eos = np.array([True, False, True, False])
+    got, kl = per_token_rewards(
+        scores,
+        lp,
+        ref,
+        mask,
+        kl_coef=0.1,
+        kl_estimator="k3",
+        has_eos_b=has_eos,
+        missing_eos_penalty=1.5,
+    )
+    x = ref - lp
+    want = -0.1 * (np.exp(x) - 1 - x) * mask
+    for b in range(4):
+        last = mask[b].sum() - 1
+        want[b, last] += scores[b] - (0.0 if has_eos[b] else 1.5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(kl, (np.exp(x) - 1 - x) * mask, rtol=1e-5, atol=1e-7)
+
+
+def reference_gae(rewards, values, mask, gamma, lam):
+    """TRL's PPO loop, on rewards and values zeroed past each sequence's end."""
+    rewards, values = rewards * mask, values * mask
+    batch, length = rewards.shape
+    advantages = np.zeros_like(rewards)
+    last = np.zeros(batch)
+    for t in reversed(range(length)):
+        next_values = values[:, t + 1] if t < length - 1 else 0.0
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    return advantages * mask, (advantages + values) * mask
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0)])
+def test_gae_matches_loop(rollout, gamma, lam):
+    r, v, m = rollout["rewards"], rollout["values"], rollout["mask"]
+    adv, ret = gae(jnp.asarray(r), jnp.asarray(v), m, gamma=gamma, lam=lam)
+    want_adv, want_ret = reference_gae(r, v, m, gamma, lam)
+    np.testing.assert_allclose(adv, want_adv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ret, want_ret, rtol=1e-5, atol=1e-6)
+
+
+def test_gae_lambda_one_is_reward_to_go_minus_value(rollout):
+    r, v, m = rollout["rewards"], rollout["values"], rollout["mask"]
+    adv, ret = gae(jnp.asarray(r), jnp.asarray(v), m, gamma=1.0, lam=1.0)
+    reward_to_go = np.flip(np.cumsum(np.flip(r * m, 1), 1), 1)
+    np.testing.assert_allclose(adv, (reward_to_go - v) * m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ret, reward_to_go * m, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_whiten(rollout):
+    x, m = rollout["values"] * 3 + 2, rollout["mask"]
+    got = np.asarray(masked_whiten(jnp.asarray(x), m))
+    sel = x[m]
+    np.testing.assert_allclose(
+        got[m], (sel - sel.mean()) / np.sqrt(sel.var(ddof=1) + 1e-8), rtol=1e-5
+    )
+    assert (got[~m] == 0).all()
+    kept = np.asarray(masked_whiten(jnp.asarray(x), m, shift_mean=False))
+    np.testing.assert_allclose(kept[m], got[m] + sel.mean(), rtol=1e-5)
+
+
+def test_ppo_losses(rollout):
+    lp, old, m = rollout["logps"], rollout["old"], rollout["mask"]
+    adv = rollout["rewards"]
+    values, returns = rollout["values"], rollout["values"] + rollout["rewards"]
+    old_values = values + np.random.default_rng(11).normal(0, 0.4, values.shape)
+    ratio = np.exp(lp - old)
+    pg_want = np.maximum(-adv * ratio, -adv * np.clip(ratio, 0.8, 1.2))
+    pg, pg_clipped = ppo_policy_loss(lp, old, adv, clip_eps=0.2)
+    np.testing.assert_allclose(pg, pg_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pg_clipped, (-adv * np.clip(ratio, 0.8, 1.2) > -adv * ratio))
+    vclip = np.clip(values, old_values - 0.2, old_values + 0.2)
+    vf_want = 0.5 * np.maximum((values - returns) ** 2, (vclip - returns) ** 2)
+    vf, _ = ppo_value_loss(values, old_values, returns, clip_eps=0.2)
+    np.testing.assert_allclose(vf, vf_want, rtol=1e-5, atol=1e-6)
+    loss, metrics = ppo_loss(lp, old, adv, values, old_values, returns, m, vf_coef=0.1)
+    masked = lambda a: (a * m).sum() / m.sum()
+    assert float(loss) == pytest.approx(masked(pg_want) + 0.1 * masked(vf_want), rel=1e-5)
+    assert float(metrics["approx_kl"]) == pytest.approx(masked(0.5 * (lp - old) ** 2), rel=1e-5)
+    # ratio 1 (on-policy): the loss is -A and nothing is clipped
+    on_policy, clipped = ppo_policy_loss(lp, lp, adv)
+    np.testing.assert_allclose(on_policy, -adv, rtol=1e-6)
+    assert float(np.sum(clipped)) == 0.0
+
+
+def test_adaptive_kl_coef():
+    # KL 9 vs target 6: error clip(0.5) = 0.2 -> 0.2 * (1 + 0.2 * 256 / 10000)
+    assert float(adaptive_kl_coef(0.2, 9.0, 256)) == pytest.approx(0.201024, rel=1e-6)
+    # KL 5.4: error -0.1 -> 0.2 * (1 - 0.1 * 100 / 1000)
+    assert float(adaptive_kl_coef(0.2, 5.4, 100, horizon=1000)) == pytest.approx(0.198, rel=1e-5)
+
+
+def test_combine_rewards_skips_nan():
+    rewards = np.array([[1.0, 0.0], [np.nan, 2.0], [0.5, np.nan]])
+    got = combine_rewards(jnp.asarray(rewards), jnp.array([1.0, 0.5]))
+    np.testing.assert_allclose(got, [1.0, 1.0, 0.5])
+
+
+def test_group_advantages():
+    rewards = np.array([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 0.0, 3.0, 1.0, 1.0])
+    g = rewards.reshape(-1, 4)
+    centred = (g - g.mean(1, keepdims=True)).reshape(-1)
+    group_std = np.repeat(g.std(1, ddof=1), 4)
+    cases = {
+        "group": centred / (group_std + 1e-4),
+        "batch": centred / (rewards.std(ddof=1) + 1e-4),
+        "none": centred,  # Dr. GRPO: raw centred rewards
+    }
+    for scale, want in cases.items():
+        got = group_advantages(jnp.asarray(rewards), group_size=4, scale_rewards=scale)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # a group with equal rewards has zero advantage, not nan
+    assert np.isfinite(np.asarray(group_advantages(jnp.asarray(rewards), group_size=4))).all()
+    # by hand: group (1, 0, 0, 1): mean 1/2, Bessel std sqrt(1/3)
+    hand = 0.5 / (np.sqrt(1 / 3) + 1e-4)
+    assert float(group_advantages(jnp.asarray(rewards), group_size=4)[0]) == pytest.approx(
+        hand, rel=1e-5
+    )
+    with pytest.raises(ValueError, match="group"):
+        group_advantages(jnp.asarray(rewards), group_size=4, scale_rewards="global")
+
+
+def test_rloo_advantages():
+    rewards = np.array([1.0, 0.0, 3.0, 2.0, -1.0, 0.5])
+    got = rloo_advantages(jnp.asarray(rewards), group_size=3)
+    want = []
+    for g in rewards.reshape(-1, 3):
+        for i in range(3):
+            want.append(g[i] - np.mean([g[j] for j in range(3) if j != i]))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    centred = rewards.reshape(-1, 3) - rewards.reshape(-1, 3).mean(1, keepdims=True)
+    np.testing.assert_allclose(got, 1.5 * centred.reshape(-1), rtol=1e-6)
+    with pytest.raises(ValueError, match="group_size"):
+        rloo_advantages(jnp.asarray(rewards), group_size=1)
+
+
+def reference_grpo_tokens(
+    lp, old, adv, mask, *, eps_low, eps_high, delta=None, beta=0.0, ref=None, seq=False
+):
+    log_ratio = lp - old
+    if seq:
+        log_ratio = np.repeat(((log_ratio * mask).sum(1) / mask.sum(1))[:, None], lp.shape[1], 1)
+    ratio = np.exp(log_ratio)
+    clipped = np.clip(ratio, 1 - eps_low, 1 + eps_high)
+    if delta is not None:
+        ratio = np.minimum(ratio, delta)
+    a = adv[:, None]
+    loss = -np.minimum(ratio * a, clipped * a)
+    if beta:
+        x = ref - lp
+        loss = loss + beta * (np.exp(x) - 1 - x)
+    region = ((ratio < 1 - eps_low) & (a < 0)) | ((ratio > 1 + eps_high) & (a > 0))
+    return loss, region
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_grpo_per_token_loss(rollout, seq):
+    lp, old, ref, m = rollout["logps"], rollout["old"], rollout["ref"], rollout["mask"]
+    # shift whole sequences so sequence-level ratios leave the clip range too
+    old = old + np.array([-0.4, 0.5, 0.0, 0.0])[:, None]
+    adv = np.array([1.2, -0.7, 0.3, -1.5])
+    kw = dict(eps_low=0.2, eps_high=0.28, delta=1.5, beta=0.04)
+    got, info = grpo_per_token_loss(
+        lp,
+        old,
+        adv,
+        m,
+        ref_logps_bt=ref,
+        beta=0.04,
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        delta=1.5,
+        importance_sampling_level="sequence" if seq else "token",
+    )
+    want, region = reference_grpo_tokens(lp, old, adv, m, ref=ref, seq=seq, **kw)
+    np.testing.assert_allclose(np.asarray(got)[m], want[m], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.broadcast_to(info["clipped"], m.shape)[m], region[m])
+    assert region[m].any()  # the data exercise the clip range
+
+
+def test_grpo_aggregations(rollout):
+    m = rollout["mask"]
+    per_token = rollout["rewards"]
+    mf = m.astype(float)
+    want = {
+        "grpo": np.mean((per_token * mf).sum(1) / mf.sum(1)),
+        "bnpo": (per_token * mf).sum() / mf.sum(),
+        "dr_grpo": (per_token * mf).sum() / (4 * 6),
+        "dapo": (per_token * mf).sum() / mf.sum(),
+    }
+    for loss_type, expected in want.items():
+        got = aggregate_token_loss(jnp.asarray(per_token), m, loss_type=loss_type)
+        assert float(got) == pytest.approx(expected, rel=1e-5), loss_type
+    dr = aggregate_token_loss(
+        jnp.asarray(per_token), m, loss_type="dr_grpo", max_completion_length=10
+    )
+    assert float(dr) == pytest.approx((per_token * mf).sum() / 40, rel=1e-5)
+    dapo = aggregate_token_loss(jnp.asarray(per_token), m, loss_type="dapo", num_items_in_batch=50)
+    assert float(dapo) == pytest.approx((per_token * mf).sum() / 50, rel=1e-5)
+    with pytest.raises(ValueError, match="dapo"):
+        aggregate_token_loss(jnp.asarray(per_token), m, loss_type="token_mean")
+
+
+def test_grpo_single_update_ratio_is_one(rollout):
+    """mu = 1: old log-probs are the current ones, detached; nothing is clipped."""
+    lp, m = jnp.asarray(rollout["logps"], jnp.float32), rollout["mask"]
+    adv = jnp.array([1.2, -0.7, 0.3, -1.5])
+    loss_fn = jax.jit(partial(grpo_loss, epsilon_low=0.2, epsilon_high=0.28, loss_type="bnpo"))
+    loss, metrics = loss_fn(lp, None, adv, m)
+    n = m.sum()
+    assert float(loss) == pytest.approx(float(-(np.asarray(adv)[:, None] * m).sum() / n), rel=1e-5)
+    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
+        assert float(metrics[key]) == 0.0
+    # the gradient is the plain policy gradient: -A / N on every completion token
+    grad = jax.grad(lambda x: loss_fn(x, None, adv, m)[0])(lp)
+    np.testing.assert_allclose(grad, -np.asarray(adv)[:, None] * m / n, rtol=1e-5, atol=1e-8)
+
+
+def test_grpo_gradient_matches_finite_differences(rollout):
+    lp, old, ref, m = rollout["logps"], rollout["old"], rollout["ref"], rollout["mask"]
+    adv = np.array([1.2, -0.7, 0.3, -1.5])
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=0.04)
+
+    def numpy_loss(x):
+        tokens, _ = reference_grpo_tokens(x, old, adv, m, ref=ref, **kw)
+        return (tokens * m).sum() / m.sum()
+
+    def jax_loss(x):
+        return grpo_loss(
+            x, old, adv, m, ref_logps_bt=ref, beta=0.04, epsilon_low=0.2, epsilon_high=0.28
+        )[0]
+
+    got = jax.grad(jax_loss)(jnp.asarray(lp, jnp.float32))
+    numeric = np.zeros_like(lp)
+    h = 1e-6
+    for idx in np.ndindex(lp.shape):
+        step = np.zeros_like(lp)
+        step[idx] = h
+        numeric[idx] = (numpy_loss(lp + step) - numpy_loss(lp - step)) / (2 * h)
+    np.testing.assert_allclose(got, numeric, rtol=1e-3, atol=1e-5)
+
+
+def test_grpo_errors(rollout):
+    lp, m = rollout["logps"], rollout["mask"]
+    adv = np.zeros(4)
+    with pytest.raises(ValueError, match="ref_logps_bt"):
+        grpo_loss(lp, None, adv, m, beta=0.1)
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        grpo_loss(lp, None, adv, m, importance_sampling_level="prompt")
+
+
+def test_padding_values_never_leak(rollout):
+    """Whatever sits in padding positions (here nan and inf) leaves the outputs unchanged."""
+    m = rollout["mask"]
+    dirty = {k: np.where(m, rollout[k], np.nan) for k in ("logps", "ref", "values", "rewards")}
+    dirty["logps"] = np.where(m, dirty["logps"], -np.inf)
+    scores = np.array([1.0, -2.0, 0.5, 3.0])
+    for clean_in, dirty_in in [(rollout, dirty)]:
+        jitted_gae = jax.jit(partial(gae, gamma=0.99, lam=0.9))
+        clean = (
+            per_token_rewards(scores, clean_in["logps"], clean_in["ref"], m, kl_estimator="k3")[0],
+            *jitted_gae(clean_in["rewards"], clean_in["values"], m),
+            masked_whiten(jnp.asarray(clean_in["values"]), m),
+            aggregate_token_loss(jnp.asarray(clean_in["rewards"]), m, loss_type="grpo"),
+        )
+        got = (
+            per_token_rewards(scores, dirty_in["logps"], dirty_in["ref"], m, kl_estimator="k3")[0],
+            *jitted_gae(dirty_in["rewards"], dirty_in["values"], m),
+            masked_whiten(jnp.asarray(dirty_in["values"]), m),
+            aggregate_token_loss(jnp.asarray(dirty_in["rewards"]), m, loss_type="grpo"),
+        )
+        for a, b in zip(clean, got, strict=True):
+            np.testing.assert_array_equal(a, b)
