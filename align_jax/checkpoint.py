@@ -81,7 +81,8 @@ def abstract_like(tree, shardings) -> Any:
 
 def _resolve_state_dir(path: str) -> epath.Path:
     """A workdir, its `checkpoints/` folder, or one step's folder -> that step's `state` item."""
-    p = epath.Path(path)
+    # Absolute: Orbax reads no metadata through a relative path (it returns None).
+    p = epath.Path(os.path.abspath(path))
     if not p.exists():
         raise CheckpointError(f"config.init_from: '{path}' does not exist")
     if (p / "state").exists():

@@ -2,11 +2,12 @@
 
     make demo          # or: python experiments/demo.py --workdir=runs/demo
 
-Today the pipeline is its first stage, pretraining: it writes a small synthetic corpus,
-trains a sentencepiece tokenizer on it, pretrains the tiny config through the real CLI
-(`python -m align_jax.train`), and prints what the run learned. Later stages (SFT, reward
-model, DPO, PPO, GRPO) join here as they land, each starting from the previous stage's
-checkpoint. Running it again resumes (and finishes) the stages in the same workdir.
+It writes a small synthetic corpus and tasks (experiments/tiny_corpus.py, tiny_tasks.py),
+trains a sentencepiece tokenizer, then runs the stages through the real CLI
+(`python -m align_jax.train`), each starting from the previous stage's checkpoint:
+pretrain -> SFT -> reward model, and scores two answers with the reward model. Later
+stages (DPO, PPO, GRPO) join here as they land. Running it again resumes (and finishes)
+the stages in the same workdir.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 from tiny_corpus import write_corpus  # noqa: E402
+from tiny_tasks import write_tasks  # noqa: E402
 
 
 def prepare_data(data_dir: str, vocab_size: int) -> None:
     if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
         paths = write_corpus(data_dir, n_train=4000, n_eval=200, seed=0)
         print(f"corpus: {paths['train']} and {paths['eval']}")
+    if not os.path.exists(os.path.join(data_dir, "pairs_train.jsonl")):
+        write_tasks(data_dir, n_train=2000, n_eval=200, seed=0)
+        print(f"tasks: {data_dir}/sft_*.jsonl and {data_dir}/pairs_*.jsonl")
     if not os.path.exists(os.path.join(data_dir, "tok.model")):
         from align_jax.data.tokenizer import train_tokenizer
 
@@ -54,28 +59,46 @@ def main() -> None:
     os.chdir(REPO)
     prepare_data(args.data_dir, vocab_size=512)
 
-    records = run_stage(
-        "pretrain",
-        f"configs/pretrain/tiny.py:{args.data_dir}",
-        os.path.join(args.workdir, "pretrain"),
+    runs = {stage: os.path.join(args.workdir, stage) for stage in ("pretrain", "sft", "reward")}
+    pre = run_stage("pretrain", f"configs/pretrain/tiny.py:{args.data_dir}", runs["pretrain"])
+    sft = run_stage(
+        "sft",
+        f"configs/sft/tiny.py:{args.data_dir}",
+        runs["sft"],
+        f"--config.init_from={runs['pretrain']}",
     )
-    train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_loss" in r]
+    rm = run_stage(
+        "reward",
+        f"configs/reward/tiny.py:{args.data_dir}",
+        runs["reward"],
+        f"--config.init_from={runs['sft']}",
+    )
+
+    from align_jax.score import RewardScorer
+
+    scorer = RewardScorer.load(runs["reward"])
+    question = "what is two plus three? "
+    answers = ["two plus three is five.", "five is two three plus."]
+    scores = scorer.score([question] * 2, answers)
+
+    last = lambda records, key: [r for r in records if key in r][-1]  # noqa: E731
     print("\n== summary")
     print(f"pretrain: uniform-guess loss ln(512) = {math.log(512):.3f}")
-    print(
-        f"pretrain: train loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> "
-        f"{train[-1]['loss']:.3f} (step {train[-1]['step']})"
-    )
-    if evals:
-        print(
-            f"pretrain: held-out loss {evals[-1]['eval_loss']:.3f}, "
-            f"perplexity {evals[-1]['eval_perplexity']:.2f}"
-        )
-    print(f"pretrain: {train[-1]['tokens_per_sec']:.0f} tokens/s")
-    print(
-        f"outputs: {args.workdir}/pretrain (config.json, metrics.jsonl, tensorboard/, checkpoints/)"
-    )
+    first, final = [r for r in pre if "loss" in r][0], last(pre, "loss")
+    print(f"pretrain: train loss {first['loss']:.3f} (step {first['step']}) -> "
+          f"{final['loss']:.3f} (step {final['step']}), {final['tokens_per_sec']:.0f} tokens/s")
+    ev = last(pre, "eval_loss")
+    print(f"pretrain: held-out loss {ev['eval_loss']:.3f}, perplexity {ev['eval_perplexity']:.2f}")
+    ev = last(sft, "eval_loss")
+    print(f"sft: held-out completion loss {ev['eval_loss']:.3f}, "
+          f"token accuracy {ev['eval_token_accuracy']:.3f}")
+    ev = last(rm, "eval_loss")
+    print(f"reward: held-out pairwise accuracy {ev['eval_accuracy']:.3f}, "
+          f"margin {ev['eval_reward_margin']:.2f}")
+    for answer, score in zip(answers, scores, strict=True):
+        print(f"reward: {question!r} -> {answer!r}: {score:+.3f}")
+    print(f"outputs: {args.workdir}/{{pretrain,sft,reward}} "
+          "(config.json, metrics.jsonl, tensorboard/, checkpoints/)")
 
 
 if __name__ == "__main__":

@@ -332,24 +332,20 @@ def test_grpo_errors(rollout):
 
 
 def test_padding_values_never_leak(rollout):
-    """Whatever sits in padding positions (here nan and inf) leaves the outputs unchanged."""
+    """Whatever sits in padding positions (here nan and -inf) leaves the outputs unchanged."""
     m = rollout["mask"]
     dirty = {k: np.where(m, rollout[k], np.nan) for k in ("logps", "ref", "values", "rewards")}
     dirty["logps"] = np.where(m, dirty["logps"], -np.inf)
     scores = np.array([1.0, -2.0, 0.5, 3.0])
-    for clean_in, dirty_in in [(rollout, dirty)]:
-        jitted_gae = jax.jit(partial(gae, gamma=0.99, lam=0.9))
-        clean = (
-            per_token_rewards(scores, clean_in["logps"], clean_in["ref"], m, kl_estimator="k3")[0],
-            *jitted_gae(clean_in["rewards"], clean_in["values"], m),
-            masked_whiten(jnp.asarray(clean_in["values"]), m),
-            aggregate_token_loss(jnp.asarray(clean_in["rewards"]), m, loss_type="grpo"),
+    jitted_gae = jax.jit(partial(gae, gamma=0.99, lam=0.9))
+
+    def outputs(d):
+        return (
+            per_token_rewards(scores, d["logps"], d["ref"], m, kl_estimator="k3")[0],
+            *jitted_gae(d["rewards"], d["values"], m),
+            masked_whiten(jnp.asarray(d["values"]), m),
+            aggregate_token_loss(jnp.asarray(d["rewards"]), m, loss_type="grpo"),
         )
-        got = (
-            per_token_rewards(scores, dirty_in["logps"], dirty_in["ref"], m, kl_estimator="k3")[0],
-            *jitted_gae(dirty_in["rewards"], dirty_in["values"], m),
-            masked_whiten(jnp.asarray(dirty_in["values"]), m),
-            aggregate_token_loss(jnp.asarray(dirty_in["rewards"]), m, loss_type="grpo"),
-        )
-        for a, b in zip(clean, got, strict=True):
-            np.testing.assert_array_equal(a, b)
+
+    for clean, got in zip(outputs(rollout), outputs(dirty), strict=True):
+        np.testing.assert_array_equal(clean, got)
