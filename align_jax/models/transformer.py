@@ -161,7 +161,10 @@ class Attention(nnx.Module):
             y = y + getattr(self, f"{name}_bias")[...].astype(dtype)
         return y
 
-    def __call__(self, x, positions_bl, mask, inv_freq):
+    def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
+        """Attention over x's own keys, or (with `cache = (k [B,S,K,Dh], v, index)`) over the
+        cache after writing x's keys and values at slots [index, index + L). Returns
+        `(out, (k, v))`: the updated cache, or None without one."""
         cfg = self.cfg
         q = constrain(self._project(x, "q"), ("batch", "length", "heads", "head_dim"))
         k = constrain(self._project(x, "k"), ("batch", "length", "kv_heads", "head_dim"))
@@ -170,6 +173,13 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, positions_bl, inv_freq)
         k = apply_rope(k, positions_bl, inv_freq)
+        new_cache = None
+        if cache is not None:
+            k_cache, v_cache, index = cache
+            k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 1)
+            new_cache = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
         scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
         b, length, h, hd = q.shape
         kv = cfg.n_kv_heads
@@ -189,7 +199,7 @@ class Attention(nnx.Module):
         out = jnp.einsum("bkglm,bkmd->bkgld", probs, v)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, hd)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        return _dense(out, self.o_kernel[...].astype(x.dtype), n_in=2)
+        return _dense(out, self.o_kernel[...].astype(x.dtype), n_in=2), new_cache
 
 
 class MLP(nnx.Module):
@@ -225,15 +235,15 @@ class Block(nnx.Module):
             self.post_attn_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
             self.post_mlp_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
 
-    def __call__(self, x, positions_bl, mask, inv_freq):
-        h = self.attn(self.attn_norm(x), positions_bl, mask, inv_freq)
+    def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
+        h, new_cache = self.attn(self.attn_norm(x), positions_bl, mask, inv_freq, cache)
         if self.post_norms:
             h = self.post_attn_norm(h)
         x = constrain(x + h, ("batch", "length", "embed"))
         h = self.mlp(self.mlp_norm(x))
         if self.post_norms:
             h = self.post_mlp_norm(h)
-        return constrain(x + h, ("batch", "length", "embed"))
+        return constrain(x + h, ("batch", "length", "embed")), new_cache
 
 
 class Transformer(nnx.Module):
@@ -254,12 +264,33 @@ class Transformer(nnx.Module):
 
     def hidden_states(self, tokens_bl, positions_bl=None, segment_ids_bl=None) -> jax.Array:
         """Final-norm hidden states [B, L, D]: what scalar heads (reward, value) read."""
-        cfg = self.cfg
-        dtype = _dtype(cfg.dtype)
         if positions_bl is None:
             positions_bl = jnp.broadcast_to(jnp.arange(tokens_bl.shape[1]), tokens_bl.shape)
         if segment_ids_bl is None:
             segment_ids_bl = jnp.ones_like(tokens_bl)
+        x, _ = self._layers(tokens_bl, positions_bl, attention_mask(segment_ids_bl))
+        return self.final_norm(x)
+
+    def extend(self, tokens_bt, positions_bt, kv_valid_bs, cache: dict, index):
+        """Runs T new tokens against a KV cache: the sampler's prefill (T = prompt length)
+        and decode (T = 1) step.
+
+        The new tokens take cache slots [index, index + T). `kv_valid_bs` [B, S] marks the
+        slots that hold real tokens (left padding of short prompts is 0), the new ones
+        included; a query sees valid slots up to its own. Returns the final-norm hidden
+        states [B, T, D] and the updated cache.
+        """
+        t, s = tokens_bt.shape[1], cache["k"].shape[2]
+        query_slot = index + jnp.arange(t)
+        causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T, S]
+        mask = (causal[None] & (kv_valid_bs[:, None, :] > 0))[:, None, None]
+        x, (k, v) = self._layers(tokens_bt, positions_bt, mask, (cache["k"], cache["v"], index))
+        return self.final_norm(x), {"k": k, "v": v}
+
+    def _layers(self, tokens_bl, positions_bl, mask, cache=None):
+        """Embedding and the scanned blocks (with the per-layer cache slices scanned along)."""
+        cfg = self.cfg
+        dtype = _dtype(cfg.dtype)
         # Gather from a table replicated over `vocab` (kept split over `embed`): a gather from
         # a vocab-split table makes GSPMD replicate it anyway, with a warning per call.
         table = constrain(self.embedding[...], (None, "embed"))
@@ -267,13 +298,16 @@ class Transformer(nnx.Module):
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         x = constrain(x, ("batch", "length", "embed"))
-        mask = attention_mask(segment_ids_bl)
         inv_freq = rope_inv_freq(cfg)
 
         graphdef, stacked = nnx.split(self.layers)
 
-        def body(x, layer_state):
-            return nnx.merge(graphdef, layer_state)(x, positions_bl, mask, inv_freq), None
+        def body(x, xs):
+            layer_state, layer_cache = xs
+            if layer_cache is not None:
+                layer_cache = (*layer_cache, cache[2])
+            block = nnx.merge(graphdef, layer_state)
+            return block(x, positions_bl, mask, inv_freq, layer_cache)
 
         if cfg.remat != "none":
             if cfg.remat not in _REMAT_POLICIES:
@@ -281,8 +315,8 @@ class Transformer(nnx.Module):
                     f"config.model.remat '{cfg.remat}' is not one of none, {', '.join(_REMAT_POLICIES)}"
                 )
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, stacked)
-        return self.final_norm(x)
+        layer_caches = None if cache is None else (cache[0], cache[1])
+        return jax.lax.scan(body, x, (stacked, layer_caches))
 
     def logits(self, hidden_bld: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -303,6 +337,14 @@ class Transformer(nnx.Module):
         """Logits [B, L, V], or scores [B, L] for a scalar-head model."""
         hidden = self.hidden_states(tokens_bl, positions_bl, segment_ids_bl)
         return self.scores(hidden) if self.cfg.head == "scalar" else self.logits(hidden)
+
+
+def init_cache(cfg, batch: int, length: int, dtype=None) -> dict:
+    """An empty KV cache: {"k", "v"} of [layers, B, S, kv_heads, head_dim]."""
+    shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+    dtype = dtype or _dtype(cfg.dtype)
+    axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+    return {name: constrain(jnp.zeros(shape, dtype), axes) for name in ("k", "v")}
 
 
 def count_params(cfg, *, include_embeddings: bool = True) -> int:

@@ -1,0 +1,182 @@
+"""Batched sampling with a preallocated KV cache: prefill, then a `lax.while_loop` of decode
+steps, all jitted with static shapes and run on the training mesh.
+
+Layout. Prompts of different lengths are left-padded to a common length P, so every row's
+last prompt token sits in slot P-1 and each decode step writes one slot for all rows
+(slot P + i at step i). RoPE positions count real tokens only, so padding never shifts a
+row's positions, and `kv_valid` keeps padding slots out of attention: a prompt gives the
+same tokens whatever it is batched with.
+
+Stopping. A row is done once it samples `eos_id`; later slots of a done row hold `pad_id`
+with mask 0. The loop ends when every row is done or after `max_new_tokens`.
+
+Log-probs. `logprobs[b, i]` is `log softmax(logits / T)[token]` of the sampled token
+under the *unfiltered* distribution (top-k / top-p only choose what is sampled), which is
+what `align_jax.losses.token_logprobs(logits, targets, temperature=T)` gives on the
+training side, so the importance ratio of an RL update is exactly 1 before the first update
+(REFERENCES.md). Greedy decoding (temperature 0) reports log-probs at T = 1.
+
+Sharding. Parameters stay in their training shardings (nothing is gathered to one device);
+the batch and the cache are split over the batch axes and the cache's KV heads over
+`tensor`, through the same logical-axis rules as training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from align_jax import parallel
+from align_jax.models.transformer import init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    n: int = 1  # samples per prompt (a GRPO group), adjacent in the output
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 8):
+    """Token lists -> (tokens [B, P], valid [B, P]), left-padded to a multiple of `multiple`
+    (fewer distinct shapes, fewer compiles)."""
+    longest = max(len(p) for p in prompts)
+    if longest == 0:
+        raise ValueError("every prompt is empty; a prompt needs at least one token (e.g. bos)")
+    length = -(-longest // multiple) * multiple
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    valid = np.zeros((len(prompts), length), np.int32)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; a prompt needs at least one token (e.g. bos)")
+        tokens[i, length - len(p) :] = p
+        valid[i, length - len(p) :] = 1
+    return tokens, valid
+
+
+def filter_logits(logits_bv: jax.Array, top_k: int, top_p) -> jax.Array:
+    """Masks logits outside the top-k and outside the smallest set with mass >= top_p."""
+    neg = jnp.finfo(logits_bv.dtype).min
+    if top_k:
+        kth = jax.lax.top_k(logits_bv, top_k)[0][:, -1:]
+        logits_bv = jnp.where(logits_bv < kth, neg, logits_bv)
+    sorted_logits = jnp.sort(logits_bv, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a token if the mass strictly before it is < top_p (the first one always stays).
+    before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = before < top_p
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_bv < threshold, neg, logits_bv)
+
+
+def _choose(logits_bv, rng, sp: SamplingParams):
+    """(tokens [B], log-probs [B]) from last-position logits."""
+    if sp.temperature == 0:
+        tokens = jnp.argmax(logits_bv, axis=-1)
+        scaled = logits_bv
+    else:
+        scaled = logits_bv / sp.temperature
+        filtered = filter_logits(scaled, sp.top_k, sp.top_p)
+        tokens = jax.random.categorical(rng, filtered, axis=-1)
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    return tokens.astype(jnp.int32), jnp.take_along_axis(logp, tokens[:, None], -1)[:, 0]
+
+
+def _generate(graphdef, params, tokens_bp, valid_bp, rng, *, sp, eos_id, pad_id, mesh, rules):
+    with parallel.sharding_context(mesh, rules):
+        model = nnx.merge(graphdef, params)
+        batch, prompt_len = tokens_bp.shape
+        n_new = sp.max_new_tokens
+        cache = init_cache(model.cfg, batch, prompt_len + n_new)
+        kv_valid = jnp.concatenate([valid_bp, jnp.zeros((batch, n_new), jnp.int32)], axis=1)
+        kv_valid = parallel.constrain(kv_valid, ("batch", "length"))
+        positions = jnp.maximum(jnp.cumsum(valid_bp, axis=1) - 1, 0)
+        hidden, cache = model.extend(tokens_bp, positions, kv_valid, cache, 0)
+        logits = model.logits(hidden[:, -1:])[:, 0]
+        next_pos = positions[:, -1] + 1
+
+        out_tokens = jnp.full((batch, n_new), pad_id, jnp.int32)
+        out_logps = jnp.zeros((batch, n_new), jnp.float32)
+        out_mask = jnp.zeros((batch, n_new), jnp.int32)
+        done = jnp.zeros((batch,), bool)
+
+        def cond(carry):
+            i, *_, done, _ = carry
+            return (i < n_new) & ~jnp.all(done)
+
+        def body(carry):
+            i, cache, kv_valid, logits, pos, toks, logps, mask, done, rng = carry
+            rng, step_rng = jax.random.split(rng)
+            token, logp = _choose(logits, step_rng, sp)
+            live = ~done
+            toks = toks.at[:, i].set(jnp.where(live, token, pad_id))
+            logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
+            mask = mask.at[:, i].set(live.astype(jnp.int32))
+            done = done | (token == eos_id)
+            slot = prompt_len + i
+            kv_valid = jax.lax.dynamic_update_slice_in_dim(
+                kv_valid, live.astype(jnp.int32)[:, None], slot, 1
+            )
+            hidden, cache = model.extend(token[:, None], pos[:, None], kv_valid, cache, slot)
+            logits = model.logits(hidden)[:, 0]
+            return i + 1, cache, kv_valid, logits, pos + 1, toks, logps, mask, done, rng
+
+        carry = (0, cache, kv_valid, logits, next_pos, out_tokens, out_logps, out_mask, done, rng)
+        carry = jax.lax.while_loop(cond, body, carry)
+        _, _, _, _, _, toks, logps, mask, _, _ = carry
+        return {"tokens": toks, "logprobs": logps, "mask": mask}
+
+
+class Sampler:
+    """Samples from a model whose parameters live on `mesh` (the training mesh, or another).
+
+        sampler = Sampler(graphdef, mesh, rules, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        out = sampler.generate(params, prompt_token_lists, SamplingParams(...), seed=0)
+
+    `out` holds numpy arrays: `tokens` / `logprobs` / `mask` [B * n, max_new_tokens]
+    (completion only; mask 1 on generated tokens, the eos included), `prompt_index` [B * n].
+    Compiled once per (batch, padded prompt length, sampling params).
+    """
+
+    def __init__(self, graphdef, mesh, rules, *, eos_id: int, pad_id: int = 0):
+        self.graphdef, self.mesh, self.rules = graphdef, mesh, tuple(tuple(r) for r in rules)
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self._compiled: dict = {}
+
+    def _fn(self, sp: SamplingParams):
+        if sp not in self._compiled:
+            fn = functools.partial(
+                _generate,
+                self.graphdef,
+                sp=sp,
+                eos_id=self.eos_id,
+                pad_id=self.pad_id,
+                mesh=self.mesh,
+                rules=self.rules,
+            )
+            self._compiled[sp] = jax.jit(fn)
+        return self._compiled[sp]
+
+    def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, *, seed: int):
+        if sp.temperature < 0 or not 0 < sp.top_p <= 1 or sp.top_k < 0 or sp.n < 1:
+            raise ValueError(f"sampling params out of range: {sp}")
+        tokens, valid = left_pad(prompts, self.pad_id)
+        index = np.repeat(np.arange(len(prompts)), sp.n)
+        tokens, valid = tokens[index], valid[index]
+        batch_sharding = parallel.named_sharding(
+            ("batch", "length"), tokens.shape, self.mesh, self.rules
+        )
+        tokens = jax.device_put(tokens, batch_sharding)
+        valid = jax.device_put(valid, batch_sharding)
+        out = self._fn(sp)(params, tokens, valid, jax.random.key(seed))
+        out = {k: np.asarray(v) for k, v in out.items()}
+        out["prompt_index"] = index
+        return out

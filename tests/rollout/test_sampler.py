@@ -1,0 +1,140 @@
+"""Sampler: cached greedy == full recomputation, seeds, EOS, padding layouts, sharding, and
+log-probs that equal the training side's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from align_jax import parallel
+from align_jax.config import DEFAULT_RULES, model_config
+from align_jax.losses import token_logprobs
+from align_jax.models import apply_model, init_params
+from align_jax.rollout import Sampler, SamplingParams, filter_logits
+
+EOS, PAD = 2, 0
+PROMPTS = [[1, 5, 9, 11, 3], [1, 7], [1, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = model_config(
+        "tiny",
+        vocab_size=64,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        mlp_dim=128,
+        init_std=0.2,
+    )
+    mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    graphdef, params, _ = init_params(cfg, mesh, DEFAULT_RULES, 0)
+    return cfg, graphdef, params, mesh
+
+
+def sampler(model, eos=EOS, mesh=None):
+    cfg, graphdef, params, one = model
+    return Sampler(graphdef, mesh or one, DEFAULT_RULES, eos_id=eos, pad_id=PAD)
+
+
+def greedy_by_recompute(graphdef, params, prompt, n_new):
+    seq = list(prompt)
+    for _ in range(n_new):
+        logits = apply_model(graphdef, params, jnp.asarray([seq]))
+        seq.append(int(jnp.argmax(logits[0, -1])))
+    return seq[len(prompt) :]
+
+
+def test_greedy_with_cache_equals_full_recomputation(model):
+    cfg, graphdef, params, _ = model
+    out = sampler(model, eos=-1).generate(
+        params, PROMPTS, SamplingParams(max_new_tokens=12, temperature=0.0), seed=0
+    )
+    for row, prompt in enumerate(PROMPTS):
+        assert out["tokens"][row].tolist() == greedy_by_recompute(graphdef, params, prompt, 12)
+        assert out["mask"][row].tolist() == [1] * 12
+
+
+def test_logprobs_match_training_side_at_temperature(model):
+    cfg, graphdef, params, _ = model
+    sp = SamplingParams(max_new_tokens=10, temperature=0.7, top_k=20, top_p=0.9, n=2)
+    out = sampler(model, eos=-1).generate(params, PROMPTS, sp, seed=3)
+    for row in range(len(PROMPTS) * 2):
+        prompt = PROMPTS[out["prompt_index"][row]]
+        seq = jnp.asarray([prompt + out["tokens"][row].tolist()])
+        logits = apply_model(graphdef, params, seq[:, :-1])
+        train_side = token_logprobs(logits, seq[:, 1:], temperature=0.7)[0, len(prompt) - 1 :]
+        np.testing.assert_allclose(out["logprobs"][row], train_side, atol=2e-5)
+        # exp(new - old) is exactly the ratio an RL update starts from.
+        np.testing.assert_allclose(np.exp(train_side - out["logprobs"][row]), 1.0, atol=5e-5)
+
+
+def test_sampling_is_reproducible_per_seed_and_n_samples_differ(model):
+    _, _, params, _ = model
+    s = sampler(model, eos=-1)
+    sp = SamplingParams(max_new_tokens=8, temperature=1.0, n=4)
+    a = s.generate(params, PROMPTS[:2], sp, seed=7)
+    b = s.generate(params, PROMPTS[:2], sp, seed=7)
+    c = s.generate(params, PROMPTS[:2], sp, seed=8)
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    assert not np.array_equal(a["tokens"], c["tokens"])
+    assert a["prompt_index"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert len({tuple(r) for r in a["tokens"][:4].tolist()}) > 1  # a group is not n copies
+
+
+def test_eos_stops_a_row_and_pads_the_rest(model):
+    _, graphdef, params, _ = model
+    free = greedy_by_recompute(graphdef, params, PROMPTS[0], 8)
+    eos = free[3]  # the 4th greedy token of row 0 becomes its end
+    first = free.index(eos)
+    out = sampler(model, eos=eos).generate(
+        params, PROMPTS, SamplingParams(max_new_tokens=8, temperature=0.0), seed=0
+    )
+    row = out["tokens"][0].tolist()
+    assert row[: first + 1] == free[: first + 1]
+    assert row[first + 1 :] == [PAD] * (7 - first)
+    assert out["mask"][0].tolist() == [1] * (first + 1) + [0] * (7 - first)
+    assert np.all(out["logprobs"][0][first + 1 :] == 0)
+
+
+def test_all_rows_done_ends_the_loop_early(model):
+    _, graphdef, params, _ = model
+    free = greedy_by_recompute(graphdef, params, PROMPTS[1], 1)
+    out = sampler(model, eos=free[0]).generate(
+        params, [PROMPTS[1]], SamplingParams(max_new_tokens=50, temperature=0.0), seed=0
+    )
+    assert out["mask"][0].sum() == 1 and out["tokens"][0][0] == free[0]
+
+
+def test_padding_layout_does_not_change_results(model):
+    _, _, params, _ = model
+    s = sampler(model, eos=-1)
+    sp = SamplingParams(max_new_tokens=6, temperature=0.0)
+    alone = s.generate(params, [PROMPTS[1]], sp, seed=0)
+    batched = s.generate(params, PROMPTS, sp, seed=0)  # padded to 16 next to a long prompt
+    np.testing.assert_array_equal(alone["tokens"][0], batched["tokens"][1])
+    np.testing.assert_allclose(alone["logprobs"][0], batched["logprobs"][1], atol=1e-5)
+
+
+def test_sharded_sampling_equals_single_device(model, devices):
+    cfg, graphdef, params, _ = model
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    _, sharded, _ = init_params(cfg, mesh, DEFAULT_RULES, 0)
+    sp = SamplingParams(max_new_tokens=6, temperature=0.0)
+    prompts = PROMPTS + [[1, 4], [1, 6, 8], [1, 3, 3, 3], [1, 9], [1, 10, 11]]
+    ref = sampler(model, eos=-1).generate(params, prompts, sp, seed=0)
+    out = sampler(model, eos=-1, mesh=mesh).generate(sharded, prompts, sp, seed=0)
+    np.testing.assert_array_equal(out["tokens"], ref["tokens"])
+    np.testing.assert_allclose(out["logprobs"], ref["logprobs"], atol=1e-5)
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = lambda x: (np.asarray(x[0]) > -1e30).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, 2, 1.0)) == [True, True, False, False, False]
+    assert kept(filter_logits(logits, 0, 0.6)) == [True, True, False, False, False]
+    assert kept(filter_logits(logits, 0, 0.5)) == [True, False, False, False, False]
+    assert kept(filter_logits(logits, 0, 0.86)) == [True, True, True, True, False]
+    assert kept(filter_logits(logits, 0, 1.0)) == [True] * 5
