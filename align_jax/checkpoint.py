@@ -174,3 +174,30 @@ def _stored_tree(state_dir) -> dict:
     meta = ocp.StandardCheckpointer().metadata(state_dir)
     tree = getattr(meta, "item_metadata", meta)
     return getattr(tree, "tree", tree)
+
+
+def load_run(workdir: str, *, step: int | None = None, mesh=None):
+    """(config, graphdef, params, mesh) of a finished or running stage's workdir.
+
+    The model is rebuilt from `workdir/config.json` and gets the parameters of the latest
+    checkpoint (or `step`), placed on `mesh` (default: every local device, FSDP).
+    """
+    import json
+
+    import ml_collections
+
+    from align_jax import models, parallel
+
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    except OSError as e:
+        raise CheckpointError(
+            f"{workdir}/config.json: cannot read ({e.strerror}); expected a run directory"
+        ) from None
+    mesh = mesh or parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    rules = tuple(tuple(r) for r in config.sharding.rules)
+    graphdef, shapes, axes = models.abstract_params(config.model)
+    shardings = models.param_shardings(shapes, axes, mesh, rules)
+    path = os.path.join(workdir, "checkpoints", str(step)) if step is not None else workdir
+    return config, graphdef, load_params(path, shapes, shardings), mesh

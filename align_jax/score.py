@@ -21,11 +21,10 @@ import json
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 
 from align_jax import checkpoint as ckpt
-from align_jax import models, parallel
+from align_jax import parallel
 from align_jax.data.records import encode_completion
 from align_jax.data.sources import DataError
 from align_jax.data.tokenizer import Tokenizer
@@ -50,24 +49,12 @@ class RewardScorer:
 
     @classmethod
     def load(cls, workdir: str, *, step: int | None = None, batch_size: int = 16, mesh=None):
-        try:
-            with open(f"{workdir}/config.json") as f:
-                config = ml_collections.ConfigDict(json.load(f))
-        except OSError as e:
-            raise DataError(
-                f"{workdir}/config.json: cannot read ({e.strerror}); expected a reward-model workdir"
-            ) from None
+        config, graphdef, params, mesh = ckpt.load_run(workdir, step=step, mesh=mesh)
         if config.model.head != "scalar":
             raise DataError(
                 f"{workdir}: config.model.head is {config.model.head!r}; expected a reward "
                 "model ('scalar')"
             )
-        mesh = mesh or parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-        rules = tuple(tuple(r) for r in config.sharding.rules)
-        graphdef, shapes, axes = models.abstract_params(config.model)
-        shardings = models.param_shardings(shapes, axes, mesh, rules)
-        path = f"{workdir}/checkpoints/{step}" if step is not None else workdir
-        params = ckpt.load_params(path, shapes, shardings)
         return cls(config, params, graphdef, mesh, batch_size)
 
     def score(self, prompts, completions) -> np.ndarray:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from align_jax.data.tokenizer import train_tokenizer
 from align_jax.score import RewardScorer
@@ -111,3 +112,33 @@ def test_pretrain_sft_reward_chain(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     scored = [json.loads(line) for line in out.stdout.splitlines()]
     np.testing.assert_allclose([s["score"] for s in scored], chosen[:3], rtol=1e-4, atol=1e-5)
+
+    # Generation from the SFT checkpoint, scored by the reward model, through the CLI.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": pairs[0]["prompt"], "id": 1}) + "\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "align_jax.generate",
+        f"--workdir={runs / 'sft'}",
+        f"--input={prompts}",
+        "--temperature=0",
+        "--max_new_tokens=24",
+        "--n=2",
+        f"--reward_workdir={runs / 'rm'}",
+    ]
+    out = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, XLA_FLAGS=""),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    samples = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [s["sample"] for s in samples] == [0, 1] and all(s["id"] == 1 for s in samples)
+    assert samples[0]["completion"] == samples[1]["completion"]  # greedy
+    assert samples[0]["finished"] and 0 < samples[0]["num_tokens"] <= 24
+    want = scorer.score([pairs[0]["prompt"]], [samples[0]["completion"]])[0]
+    assert samples[0]["score"] == pytest.approx(float(want), rel=1e-4, abs=1e-5)

@@ -1,0 +1,126 @@
+"""Generate completions from any stage's checkpoint (and score them with a reward model).
+
+    python -m align_jax.generate --workdir=runs/demo/sft --input=prompts.jsonl \
+        [--output=out.jsonl] [--max_new_tokens=64 --temperature=0.7 --top_p=0.9 --n=4] \
+        [--chat] [--reward_workdir=runs/demo/reward]
+
+Input: JSONL records with a `prompt` field (other fields are passed through), or, from
+stdin (`--input=-`, the default), plain lines, each line one prompt. Output: one JSONL
+record per sample: the input fields, `completion`, `sample` (0..n-1), `num_tokens`,
+`finished` (ended with eos), and `score` when a reward model is given.
+
+`--chat` renders each prompt as a user turn of the run's chat template (config.data
+.chat_template) followed by the assistant marker, as SFT trained it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from align_jax import checkpoint as ckpt
+from align_jax.data.records import CHAT_TEMPLATES
+from align_jax.data.sources import DataError
+from align_jax.data.tokenizer import Tokenizer
+from align_jax.rollout import Sampler, SamplingParams
+
+
+def read_prompts(path: str) -> list[dict]:
+    if path == "-":
+        return [{"prompt": line.rstrip("\n")} for line in sys.stdin if line.strip()]
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise DataError(f"{path}:{line_no}: expected a JSON object with a string 'prompt'")
+            records.append(record)
+    return records
+
+
+def render(prompt: str, chat_template: str | None) -> str:
+    if not chat_template:
+        return prompt
+    t = CHAT_TEMPLATES[chat_template]
+    return t["prefix"]["user"] + prompt + t["suffix"]["user"] + t["prefix"]["assistant"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="run directory of any stage (an LM head)")
+    p.add_argument("--input", default="-", help="prompts: JSONL with 'prompt', or - for lines")
+    p.add_argument("--output", default="-")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=16, help="prompts per sampler call")
+    p.add_argument("--chat", action="store_true", help="render prompts with the chat template")
+    p.add_argument("--reward_workdir", default=None, help="score samples with this reward model")
+    args = p.parse_args(argv)
+    try:
+        records = read_prompts(args.input)
+        config, graphdef, params, mesh = ckpt.load_run(args.workdir, step=args.step)
+        if config.model.head != "lm":
+            raise DataError(f"{args.workdir}: a {config.model.head!r}-head model cannot generate")
+        tokenizer = Tokenizer.load(config.data.tokenizer)
+        sampler = Sampler(
+            graphdef, mesh, config.sharding.rules, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id
+        )
+        sp = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.n)
+        template = config.data.chat_template if args.chat else None
+        scorer = None
+        if args.reward_workdir:
+            from align_jax.score import RewardScorer
+
+            scorer = RewardScorer.load(args.reward_workdir)
+        results = []
+        for lo in range(0, len(records), args.batch_size):
+            chunk = records[lo : lo + args.batch_size]
+            prompts = [
+                [tokenizer.bos_id] * bool(config.data.add_bos)
+                + tokenizer.encode(render(r["prompt"], template))
+                for r in chunk
+            ]
+            out = sampler.generate(params, prompts, sp, seed=args.seed + lo)
+            for row, i in enumerate(out["prompt_index"]):
+                n_tok = int(out["mask"][row].sum())
+                ids = out["tokens"][row][:n_tok].tolist()
+                finished = bool(ids) and ids[-1] == tokenizer.eos_id
+                text = tokenizer.decode(ids[:-1] if finished else ids)
+                results.append(
+                    {
+                        **chunk[i],
+                        "completion": text,
+                        "sample": row % args.n,
+                        "num_tokens": n_tok,
+                        "finished": finished,
+                    }
+                )
+        if scorer is not None:
+            scores = scorer.score(
+                [r["prompt"] for r in results], [r["completion"] for r in results]
+            )
+            for r, s in zip(results, scores, strict=True):
+                r["score"] = float(s)
+    except (DataError, ckpt.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out_file = sys.stdout if args.output == "-" else open(args.output, "w")
+    with out_file:
+        for r in results:
+            out_file.write(json.dumps(r) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
