@@ -174,4 +174,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective.loss_type = "cross_entropy"
     c.objective.z_loss = 0.0
     c.objective.center_coef = 0.0  # reward model: c * (r_chosen + r_rejected)^2
+    # Preference optimisation (DPO family; align_jax/objectives/dpo.py).
+    c.objective.beta = 0.1
+    c.objective.label_smoothing = 0.0
+    c.objective.loss_weights = ""  # comma list, one per comma-joined loss_type; "" = all 1
+    c.objective.soft_labels = False  # use the pairs' `label` field as soft preference q
+    c.objective.f_divergence = "reverse_kl"  # reverse_kl | forward_kl | js_divergence | alpha_divergence
+    c.objective.f_alpha = 0.5
+    c.objective.wpo = False  # WPO pair weights (arXiv 2406.11827)
+    c.objective.ld_alpha = 1.0  # < 1: LD-DPO length desensitisation (arXiv 2409.06411)
+    c.objective.reference_from = ""  # "" = config.init_from
+    c.objective.precompute_ref_logps = False  # one pass before training, cached in workdir
     return c

@@ -112,6 +112,14 @@ def sharding_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
         _CONTEXT.reset(token)
 
 
+def current() -> tuple[Mesh, Rules]:
+    """The (mesh, rules) of the active `sharding_context`."""
+    ctx = _CONTEXT.get()
+    if ctx is None:
+        raise RuntimeError("no sharding_context is active")
+    return ctx
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """The one helper for activation sharding; a no-op outside `sharding_context`."""
     ctx = _CONTEXT.get()

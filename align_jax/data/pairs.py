@@ -34,9 +34,24 @@ def load_source(data_cfg, split: str, tokenizer):
             for s in SIDES
         )
 
-    return length_prepass(
+    view = length_prepass(
         source, longest, data_cfg.seq_len, data_cfg.overlong, "config.data.overlong"
     )
+    return _WithIndex(view)
+
+
+class _WithIndex:
+    """Records carry their index in the source: precomputed reference log-probs are looked
+    up by it, whatever order shuffling brings them in."""
+
+    def __init__(self, view):
+        self.view, self.paths, self.stats = view, view.paths, view.stats
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i):
+        return {**self.view[i], "_index": int(i)}
 
 
 def count_stats(source) -> dict[str, int]:
@@ -44,8 +59,8 @@ def count_stats(source) -> dict[str, int]:
 
 
 class _Encode(grain.transforms.Map):
-    def __init__(self, tokenizer, data_cfg):
-        self._tokenizer, self._cfg = tokenizer, data_cfg
+    def __init__(self, tokenizer, data_cfg, ref_table=None):
+        self._tokenizer, self._cfg, self._ref = tokenizer, data_cfg, ref_table
 
     def map(self, record):
         length = self._cfg.seq_len
@@ -62,26 +77,40 @@ class _Encode(grain.transforms.Map):
         out["margin"] = np.float32(record.get("margin", 0.0))
         out["label"] = np.float32(record.get("label", 1.0))
         out["valid"] = np.float32(1.0)
+        out["index"] = np.int32(record["_index"])
+        if self._ref is not None:
+            out["ref_chosen_logps"], out["ref_rejected_logps"] = self._ref[record["_index"]]
         return out
 
 
 def make_train_iterator(
-    data_cfg, tokenizer, *, seed: int, source, process_index=None, process_count=None
+    data_cfg,
+    tokenizer,
+    *,
+    seed: int,
+    source,
+    process_index=None,
+    process_count=None,
+    ref_table=None,
 ):
+    """Train batches; `ref_table` [N, 2] float32 (reference log-probs of chosen and rejected
+    per source index) adds `ref_chosen_logps` / `ref_rejected_logps` fields."""
     _check_cfg(data_cfg)
     process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
     ds = grain.MapDataset.source(source)
     if data_cfg.shuffle:
         ds = ds.shuffle(seed=int(seed) % 2**32)
     ds = ds.repeat(data_cfg.num_epochs or None)[process_index::process_count]
-    ds = ds.map(_Encode(tokenizer, data_cfg)).batch(local_batch, drop_remainder=True)
+    ds = ds.map(_Encode(tokenizer, data_cfg, ref_table)).batch(local_batch, drop_remainder=True)
     return iter(_prefetch(ds.to_iter_dataset(), data_cfg))
 
 
-def make_eval_iterator(data_cfg, tokenizer, *, source, process_index=None, process_count=None):
+def make_eval_iterator(
+    data_cfg, tokenizer, *, source, process_index=None, process_count=None, ref_table=None
+):
     """One pass in file order; the last global batch is padded with `valid = 0` pairs."""
     process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
-    ds = grain.MapDataset.source(source).map(_Encode(tokenizer, data_cfg))
+    ds = grain.MapDataset.source(source).map(_Encode(tokenizer, data_cfg, ref_table))
     ds = ds.batch(data_cfg.batch_size, drop_remainder=False)
     lo = process_index * local_batch
     return iter(ds.map(_PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)))

@@ -28,13 +28,20 @@ class Objective:
     tokens_per_batch: Callable[[dict], int]
     # Its loss is a per-token negative log-likelihood, so eval reports exp(loss).
     reports_perplexity: bool = False
+    # A frozen reference model (DPO, PPO, GRPO with beta > 0) comes in as `frozen`.
+    needs_reference: bool = False
+    # (ref_params, batch) -> per-example reference log-probs, for precomputing them once.
+    reference_logps_fn: Callable | None = None
 
 
-_BUILDERS: dict[str, tuple[Callable[..., Objective], tuple[str, ...]]] = {}
+_BUILDERS: dict[str, tuple[Callable[..., Objective], tuple[str, ...] | None]] = {}
 
 
-def register(name: str, loss_types: tuple[str, ...]):
-    """Registers `builder(config, graphdef) -> Objective` under `name`."""
+def register(name: str, loss_types: tuple[str, ...] | None):
+    """Registers `builder(config, graphdef) -> Objective` under `name`.
+
+    `loss_types` lists the valid `config.objective.loss_type` values; None leaves the check
+    to the builder (DPO accepts comma-joined combinations)."""
 
     def wrap(builder):
         _BUILDERS[name] = (builder, loss_types)
@@ -45,7 +52,7 @@ def register(name: str, loss_types: tuple[str, ...]):
 
 def build(config, graphdef) -> Objective:
     # Import for the registration side effect; objectives live in this package.
-    from align_jax.objectives import pretrain, reward  # noqa: F401
+    from align_jax.objectives import dpo, pretrain, reward  # noqa: F401
 
     name = config.objective.name
     if name not in _BUILDERS:
@@ -53,7 +60,7 @@ def build(config, graphdef) -> Objective:
             f"config.objective.name '{name}' is unknown; valid objectives: {sorted(_BUILDERS)}"
         )
     builder, loss_types = _BUILDERS[name]
-    if config.objective.loss_type not in loss_types:
+    if loss_types is not None and config.objective.loss_type not in loss_types:
         raise ValueError(
             f"config.objective.loss_type '{config.objective.loss_type}' is not valid for "
             f"objective '{name}'; valid loss types: {list(loss_types)}"

@@ -151,8 +151,16 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     for split, source in (("train", train_source), ("eval", eval_source)):
         if source is not None:
             log.info("%s data: %s", split, data.count_stats(source))
+    frozen, frozen_shardings, ref_tables = None, None, {}
+    if objective.needs_reference:
+        frozen, ref_tables = _reference(
+            config, objective, data, tokenizer, mesh, rules, workdir,
+            param_shapes, param_shardings, {"train": train_source, "eval": eval_source},
+        )  # fmt: skip
+        frozen_shardings = param_shardings if frozen is not None else None
+    table_kwargs = lambda split: {"ref_table": ref_tables[split]} if ref_tables else {}  # noqa: E731
     train_iter = data.make_train_iterator(
-        config.data, tokenizer, seed=config.seed, source=train_source
+        config.data, tokenizer, seed=config.seed, source=train_source, **table_kwargs("train")
     )
 
     checkpointer = ckpt.Checkpointer(
@@ -195,6 +203,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             shardings,
             batch_sharding,
             mesh,
+            frozen_shardings,
         )
         eval_step = jax.jit(step_lib.make_eval_step(objective))
         base_rng = jax.random.key(config.seed)
@@ -214,7 +223,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             while step < config.total_steps:
                 global_batch = pretrain_data.to_global_batch(batch, batch_sharding)
                 rng = jax.random.fold_in(base_rng, step)
-                state, step_metrics = train_step(state, global_batch, rng, None)
+                state, step_metrics = train_step(state, global_batch, rng, frozen)
                 throughput.add(objective.tokens_per_batch(batch) * jax.process_count())
                 if pending is not None:
                     _check_finite(*pending, last_saved)
@@ -237,7 +246,8 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                         tokenizer,
                         eval_source,
                         state,
-                        batch_sharding,
+                        frozen,
+                        table_kwargs("eval"),
                     )
                     if eval_metrics:
                         writer.write(step, eval_metrics, prefix="eval_")
@@ -261,18 +271,22 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     return last_logged
 
 
-def evaluate(config, objective, eval_step, data, tokenizer, source, state, batch_sharding) -> dict:
+def evaluate(
+    config, objective, eval_step, data, tokenizer, source, state, frozen, data_kwargs
+) -> dict:
     """Loss and perplexity over the held-out split (or its first `eval_steps` batches)."""
     if source is None:
         return {}
     loss_sum = denom = 0.0
     metric_sums: dict = {}
-    it = data.make_eval_iterator(config.data, tokenizer, source=source)
+    it = data.make_eval_iterator(config.data, tokenizer, source=source, **data_kwargs)
+    mesh, rules = parallel.current()
     for i, batch in enumerate(it):
         if config.eval_steps and i >= config.eval_steps:
             break
+        batch_sharding = step_lib.batch_shardings(batch, mesh, rules)
         global_batch = pretrain_data.to_global_batch(batch, batch_sharding)
-        ls, dn, ms = eval_step(state["params"], global_batch, jax.random.key(0), None)
+        ls, dn, ms = eval_step(state["params"], global_batch, jax.random.key(0), frozen)
         loss_sum += float(ls)
         denom += float(dn)
         for k, (s, c) in ms.items():
@@ -287,3 +301,53 @@ def evaluate(config, objective, eval_step, data, tokenizer, source, state, batch
         out["perplexity"] = float(np.exp(min(loss, 80.0)))
     out.update({k: s / max(c, 1.0) for k, (s, c) in metric_sums.items()})
     return out
+
+
+def _reference(
+    config, objective, data, tokenizer, mesh, rules, workdir, shapes, shardings, sources
+):
+    """The frozen reference's parameters, or (precompute_ref_logps) per-example reference
+    log-probs of every train and eval record, computed once and cached in the workdir."""
+    path = config.objective.reference_from or config.init_from
+    if not path:
+        raise TrainingError(
+            f"objective '{objective.name}' needs a reference model: set config.init_from "
+            "(or config.objective.reference_from)"
+        )
+    with parallel.sharding_context(mesh, rules):
+        ref_params = ckpt.load_params(path, shapes, shardings)
+        log.info("reference model from %s", path)
+        if not config.objective.precompute_ref_logps:
+            return ref_params, {}
+        fn = jax.jit(
+            lambda p, b: (*objective.reference_logps_fn(p, b), b["index"], b["valid"]),
+            out_shardings=parallel.replicated(mesh),
+        )
+        tables = {}
+        for split, source in sources.items():
+            if source is None:
+                continue
+            cache = os.path.join(workdir, f"ref_logps_{split}.npy")
+            key = {"reference": os.path.abspath(path), "records": len(source),
+                   "files": list(source.paths)}  # fmt: skip
+            if os.path.exists(cache) and os.path.exists(cache + ".json"):
+                with open(cache + ".json") as f:
+                    if json.load(f) == key:
+                        tables[split] = np.load(cache)
+                        log.info("reference log-probs (%s) from %s", split, cache)
+                        continue
+            table = np.zeros((len(source), 2), np.float32)
+            for batch in data.make_eval_iterator(config.data, tokenizer, source=source):
+                sh = step_lib.batch_shardings(batch, mesh, rules)
+                c, r, index, valid = jax.device_get(
+                    fn(ref_params, pretrain_data.to_global_batch(batch, sh))
+                )
+                keep = valid > 0
+                table[index[keep], 0], table[index[keep], 1] = c[keep], r[keep]
+            if jax.process_index() == 0:
+                np.save(cache, table)
+                with open(cache + ".json", "w") as f:
+                    json.dump(key, f)
+            tables[split] = table
+            log.info("reference log-probs (%s): %d records precomputed", split, len(source))
+    return None, tables
