@@ -88,6 +88,48 @@ def test_pretrain_sft_reward_chain(tmp_path):
     rm_eval = [r for r in records(runs / "rm") if "eval_loss" in r][-1]
     assert rm_eval["eval_accuracy"] >= 0.9, rm_eval
 
+    # DPO from the SFT checkpoint: policy and frozen reference both from it.
+    dpo = config(
+        "dpo",
+        data,
+        total_steps=30,
+        eval_every=30,
+        checkpoint_every=30,
+        init_from=str(runs / "sft"),
+        **{"mesh.data": 2, "mesh.fsdp": 4, "mesh.tensor": 1},
+    )
+    loop.train(dpo, str(runs / "dpo"))
+    dpo_records = records(runs / "dpo")
+    assert dpo_records[0]["reward_accuracy"] == 0.0  # policy == reference at step 1: ties
+    dpo_eval = [r for r in dpo_records if "eval_loss" in r][-1]
+    assert dpo_eval["eval_reward_accuracy"] >= 0.8, dpo_eval
+    assert dpo_eval["eval_kl_ref"] > 0
+    # Another variant is one flag; precomputed reference log-probs give the same first step.
+    ipo = config(
+        "dpo",
+        data,
+        total_steps=2,
+        eval_every=0,
+        checkpoint_every=2,
+        init_from=str(runs / "sft"),
+        **{"objective.loss_type": "ipo", "objective.precompute_ref_logps": True},
+    )
+    loop.train(ipo, str(runs / "ipo"))
+    ipo_inline = config(
+        "dpo",
+        data,
+        total_steps=2,
+        eval_every=0,
+        checkpoint_every=2,
+        init_from=str(runs / "sft"),
+        **{"objective.loss_type": "ipo"},
+    )
+    loop.train(ipo_inline, str(runs / "ipo_inline"))
+    first = [records(runs / w)[0]["loss"] for w in ("ipo", "ipo_inline")]
+    assert first[0] == pytest.approx(first[1], rel=1e-5)
+    assert first[0] == pytest.approx(1 / (2 * 0.1) ** 2 * 1.0, rel=1e-3)  # (0 - 1/(2β))² at init
+    assert os.path.exists(runs / "ipo" / "ref_logps_train.npy")
+
     # The scoring API reproduces the held-out preference.
     scorer = RewardScorer.load(str(runs / "rm"))
     pairs = [json.loads(line) for line in open(data / "pairs_eval.jsonl")][:40]
