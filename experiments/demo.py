@@ -5,8 +5,8 @@
 It writes a small synthetic corpus and tasks (experiments/tiny_corpus.py, tiny_tasks.py),
 trains a sentencepiece tokenizer, then runs the stages through the real CLI
 (`python -m align_jax.train`), each starting from the previous stage's checkpoint:
-pretrain -> SFT -> reward model, and scores two answers with the reward model. Later
-stages (DPO, PPO, GRPO) join here as they land. Running it again resumes (and finishes)
+pretrain -> SFT -> reward model, and DPO from the SFT model; then it samples answers from
+the DPO policy and scores them with the reward model. PPO and GRPO join here as they land. Running it again resumes (and finishes)
 the stages in the same workdir.
 """
 
@@ -51,6 +51,24 @@ def run_stage(name: str, config: str, workdir: str, *overrides: str) -> list[dic
         return [json.loads(line) for line in f]
 
 
+def generate(policy_dir: str, reward_dir: str, question: str) -> list[dict]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "align_jax.generate",
+        f"--workdir={policy_dir}",
+        f"--reward_workdir={reward_dir}",
+        "--n=3",
+        "--temperature=0.7",
+        "--max_new_tokens=24",
+    ]
+    print(f"\n== sample: {' '.join(cmd[1:])}", flush=True)
+    out = subprocess.run(
+        cmd, cwd=REPO, input=question + "\n", capture_output=True, text=True, check=True
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/demo")
@@ -59,7 +77,7 @@ def main() -> None:
     os.chdir(REPO)
     prepare_data(args.data_dir, vocab_size=512)
 
-    runs = {stage: os.path.join(args.workdir, stage) for stage in ("pretrain", "sft", "reward")}
+    runs = {s: os.path.join(args.workdir, s) for s in ("pretrain", "sft", "reward", "dpo")}
     pre = run_stage("pretrain", f"configs/pretrain/tiny.py:{args.data_dir}", runs["pretrain"])
     sft = run_stage(
         "sft",
@@ -74,6 +92,13 @@ def main() -> None:
         f"--config.init_from={runs['sft']}",
     )
 
+    dpo = run_stage(
+        "dpo",
+        f"configs/dpo/tiny.py:{args.data_dir}",
+        runs["dpo"],
+        f"--config.init_from={runs['sft']}",
+    )
+
     from align_jax.score import RewardScorer
 
     scorer = RewardScorer.load(runs["reward"])
@@ -85,20 +110,36 @@ def main() -> None:
     print("\n== summary")
     print(f"pretrain: uniform-guess loss ln(512) = {math.log(512):.3f}")
     first, final = [r for r in pre if "loss" in r][0], last(pre, "loss")
-    print(f"pretrain: train loss {first['loss']:.3f} (step {first['step']}) -> "
-          f"{final['loss']:.3f} (step {final['step']}), {final['tokens_per_sec']:.0f} tokens/s")
+    print(
+        f"pretrain: train loss {first['loss']:.3f} (step {first['step']}) -> "
+        f"{final['loss']:.3f} (step {final['step']}), {final['tokens_per_sec']:.0f} tokens/s"
+    )
     ev = last(pre, "eval_loss")
     print(f"pretrain: held-out loss {ev['eval_loss']:.3f}, perplexity {ev['eval_perplexity']:.2f}")
     ev = last(sft, "eval_loss")
-    print(f"sft: held-out completion loss {ev['eval_loss']:.3f}, "
-          f"token accuracy {ev['eval_token_accuracy']:.3f}")
+    print(
+        f"sft: held-out completion loss {ev['eval_loss']:.3f}, "
+        f"token accuracy {ev['eval_token_accuracy']:.3f}"
+    )
     ev = last(rm, "eval_loss")
-    print(f"reward: held-out pairwise accuracy {ev['eval_accuracy']:.3f}, "
-          f"margin {ev['eval_reward_margin']:.2f}")
+    print(
+        f"reward: held-out pairwise accuracy {ev['eval_accuracy']:.3f}, "
+        f"margin {ev['eval_reward_margin']:.2f}"
+    )
     for answer, score in zip(answers, scores, strict=True):
         print(f"reward: {question!r} -> {answer!r}: {score:+.3f}")
-    print(f"outputs: {args.workdir}/{{pretrain,sft,reward}} "
-          "(config.json, metrics.jsonl, tensorboard/, checkpoints/)")
+    ev = last(dpo, "eval_loss")
+    print(
+        f"dpo: held-out reward accuracy {ev['eval_reward_accuracy']:.3f}, "
+        f"margin {ev['eval_reward_margin']:.2f}, KL to reference {ev['eval_kl_ref']:.3f}"
+    )
+    samples = generate(runs["dpo"], runs["reward"], question)
+    for s in samples:
+        print(f"dpo sample: {question!r} -> {s['completion']!r} (reward {s['score']:+.3f})")
+    print(
+        f"outputs: {args.workdir}/{{pretrain,sft,reward,dpo}} "
+        "(config.json, metrics.jsonl, tensorboard/, checkpoints/)"
+    )
 
 
 if __name__ == "__main__":
