@@ -1,5 +1,11 @@
 """Rollouts: batched sampling with a KV cache (and, later, reward functions)."""
 
-from align_jax.rollout.sampler import Sampler, SamplingParams, filter_logits, left_pad
+from align_jax.rollout.sampler import (
+    Sampler,
+    SamplingParams,
+    filter_logits,
+    left_pad,
+    reshard_params,
+)
 
-__all__ = ["Sampler", "SamplingParams", "filter_logits", "left_pad"]
+__all__ = ["Sampler", "SamplingParams", "filter_logits", "left_pad", "reshard_params"]

@@ -135,6 +135,19 @@ def _generate(graphdef, params, tokens_bp, valid_bp, rng, *, sp, eos_id, pad_id,
         return {"tokens": toks, "logprobs": logps, "mask": mask}
 
 
+def reshard_params(params, model_cfg, mesh, rules):
+    """The training parameters placed for a sampling mesh of another layout.
+
+    Bigger runs often sample on a data-parallel layout (e.g. `{"data": -1}`, parameters
+    replicated or split over few devices) while training is FSDP: this copies the
+    parameters device-to-device into that mesh's shardings (no host round trip).
+    """
+    from align_jax import models
+
+    _, shapes, axes = models.abstract_params(model_cfg)
+    return jax.device_put(params, models.param_shardings(shapes, axes, mesh, rules))
+
+
 class Sampler:
     """Samples from a model whose parameters live on `mesh` (the training mesh, or another).
 

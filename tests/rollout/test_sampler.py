@@ -10,7 +10,7 @@ from align_jax import parallel
 from align_jax.config import DEFAULT_RULES, model_config
 from align_jax.losses import token_logprobs
 from align_jax.models import apply_model, init_params
-from align_jax.rollout import Sampler, SamplingParams, filter_logits
+from align_jax.rollout import Sampler, SamplingParams, filter_logits, reshard_params
 
 EOS, PAD = 2, 0
 PROMPTS = [[1, 5, 9, 11, 3], [1, 7], [1, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
@@ -128,6 +128,21 @@ def test_sharded_sampling_equals_single_device(model, devices):
     out = sampler(model, eos=-1, mesh=mesh).generate(sharded, prompts, sp, seed=0)
     np.testing.assert_array_equal(out["tokens"], ref["tokens"])
     np.testing.assert_allclose(out["logprobs"], ref["logprobs"], atol=1e-5)
+
+
+def test_sampling_on_a_separate_data_parallel_layout(model, devices):
+    cfg, graphdef, params, _ = model
+    train_mesh = parallel.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    _, trained, _ = init_params(cfg, train_mesh, DEFAULT_RULES, 0)
+    dp_mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+    placed = reshard_params(trained, cfg, dp_mesh, DEFAULT_RULES)
+    leaf = placed["layers"]["mlp"]["up_kernel"]
+    assert leaf.sharding.mesh == dp_mesh and leaf.sharding.is_fully_replicated
+    sp = SamplingParams(max_new_tokens=5, temperature=0.0)
+    prompts = PROMPTS + [[1, 4], [1, 6, 8], [1, 3, 3, 3], [1, 9], [1, 10, 11]]
+    ref = sampler(model, eos=-1).generate(params, prompts, sp, seed=0)
+    out = sampler(model, eos=-1, mesh=dp_mesh).generate(placed, prompts, sp, seed=0)
+    np.testing.assert_array_equal(out["tokens"], ref["tokens"])
 
 
 def test_filter_logits_top_k_and_top_p():
