@@ -166,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.packing = True  # SFT: first-fit pack whole examples into rows
     c.data.overlong = "truncate"  # truncate | drop examples longer than seq_len (counted)
     c.data.drop_identical_pairs = True  # pairs with chosen == rejected (always counted)
+    # Listwise data: K responses per prompt; shorter lists are padded and masked, longer ones
+    # keep their best K by rank / score (counted).
+    c.data.list_size = 4
     c.data.read_threads = 0  # threads reading + tokenizing documents; 0: inline
     c.data.prefetch_batches = 2  # batches built ahead in a background thread; 0: off
 
@@ -179,10 +182,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective.label_smoothing = 0.0
     c.objective.loss_weights = ""  # comma list, one per comma-joined loss_type; "" = all 1
     c.objective.soft_labels = False  # use the pairs' `label` field as soft preference q
-    c.objective.f_divergence = "reverse_kl"  # reverse_kl | forward_kl | js_divergence | alpha_divergence
+    # f_divergence: reverse_kl | forward_kl | js_divergence | alpha_divergence
+    c.objective.f_divergence = "reverse_kl"
     c.objective.f_alpha = 0.5
     c.objective.wpo = False  # WPO pair weights (arXiv 2406.11827)
     c.objective.ld_alpha = 1.0  # < 1: LD-DPO length desensitisation (arXiv 2409.06411)
     c.objective.reference_from = ""  # "" = config.init_from
     c.objective.precompute_ref_logps = False  # one pass before training, cached in workdir
+    # Listwise (align_jax/objectives/listwise.py): soft_pairwise turns scores into soft labels
+    # q_ij = sigmoid((s_i - s_j) / score_tau).
+    c.objective.score_tau = 1.0
+    # KTO (align_jax/objectives/kto.py): loss weights of desirable / undesirable examples
+    # (TRL's names; the KTO paper keeps w_d * n_d / (w_u * n_u) in [1, 4/3]).
+    c.objective.desirable_weight = 1.0
+    c.objective.undesirable_weight = 1.0
+    # Reference-free pair objectives (align_jax/objectives/reference_free.py); they use
+    # `beta` and `label_smoothing` too. SimPO's margin gamma (the SimPO repository's base
+    # setting is beta=2, gamma=1; TRL's simpo_gamma defaults to 0.5).
+    c.objective.simpo_gamma = 1.0
+    c.objective.cpo_alpha = 1.0  # CPO: weight of the NLL term on chosen (TRL's cpo_alpha)
+    c.objective.orpo_lambda = 0.1  # ORPO: weight of the odds-ratio term (TRL calls it beta)
     return c

@@ -6,6 +6,11 @@
 - Pairs (`pairs_train.jsonl`, `pairs_eval.jsonl`): prompt = a question, chosen = the correct
   sentence, rejected = the same words in a shuffled order. A reward model on an SFT
   backbone tells them apart almost perfectly; later stages use harder rejections.
+- Lists (`lists_train.jsonl`, `lists_eval.jsonl`): prompt = a question, 2 to 4 `responses`
+  in random order with `scores`: the correct sentence (1.0), the same sentence with a wrong
+  answer (0.5), its words shuffled (0.0), and sometimes the wrong one shuffled (-0.5).
+- Unpaired (`unpaired_train.jsonl`, `unpaired_eval.jsonl`): prompt = a question, completion
+  = the correct sentence (`label` true, half the records) or a shuffled or wrong-answer one.
 
     python experiments/tiny_tasks.py --out data/tiny
 """
@@ -17,7 +22,7 @@ import json
 import os
 import random
 
-from tiny_corpus import arithmetic_question, arithmetic_sentence, random_arithmetic
+from tiny_corpus import MAX_NUMBER, arithmetic_question, arithmetic_sentence, random_arithmetic
 
 
 def sft_record(rng: random.Random) -> dict:
@@ -44,10 +49,60 @@ def pair_record(rng: random.Random) -> dict:
     }
 
 
+def _shuffled(sentence: str, rng: random.Random) -> str:
+    words = sentence.rstrip(".").split()
+    shuffled = words[:]
+    while shuffled == words:
+        rng.shuffle(shuffled)
+    return " ".join(shuffled) + "."
+
+
+def _wrong_answer(a: int, op: str, b: int, answer: int, rng: random.Random) -> str:
+    wrong = rng.choice([n for n in range(MAX_NUMBER + 1) if n != answer])
+    return arithmetic_sentence(a, op, b, wrong)
+
+
+def list_record(rng: random.Random) -> dict:
+    a, op, b, answer = random_arithmetic(rng)
+    wrong = _wrong_answer(a, op, b, answer, rng)
+    candidates = [
+        (arithmetic_sentence(a, op, b, answer), 1.0),
+        (wrong, 0.5),
+        (_shuffled(arithmetic_sentence(a, op, b, answer), rng), 0.0),
+        (_shuffled(wrong, rng), -0.5),
+    ]
+    k = rng.choice((2, 3, 3, 4))
+    chosen = [candidates[0]] + rng.sample(candidates[1:], k - 1)
+    rng.shuffle(chosen)
+    return {
+        "prompt": arithmetic_question(a, op, b) + " ",
+        "responses": [text for text, _ in chosen],
+        "scores": [score for _, score in chosen],
+    }
+
+
+def unpaired_record(rng: random.Random) -> dict:
+    a, op, b, answer = random_arithmetic(rng)
+    good = rng.random() < 0.5
+    if good:
+        completion = arithmetic_sentence(a, op, b, answer)
+    elif rng.random() < 0.5:
+        completion = _shuffled(arithmetic_sentence(a, op, b, answer), rng)
+    else:
+        completion = _wrong_answer(a, op, b, answer, rng)
+    return {"prompt": arithmetic_question(a, op, b) + " ", "completion": completion, "label": good}
+
+
 def write_tasks(out_dir, *, n_train: int = 2000, n_eval: int = 200, seed: int = 0) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    for kind, make in (("sft", sft_record), ("pairs", pair_record)):
+    kinds = (
+        ("sft", sft_record),
+        ("pairs", pair_record),
+        ("lists", list_record),
+        ("unpaired", unpaired_record),
+    )
+    for kind, make in kinds:
         for split, n in (("train", n_train), ("eval", n_eval)):
             rng = random.Random(f"tiny_tasks:{seed}:{kind}:{split}")
             path = os.path.join(out_dir, f"{kind}_{split}.jsonl")

@@ -5,12 +5,16 @@ Record kinds (DESIGN.md's documented fields):
   (roles system / user / assistant).
 - Pairs (reward model, DPO): `prompt`, `chosen`, `rejected` strings; optional `margin`
   (a number, default 0) and soft `label` in [0, 1] (default 1: chosen wins).
+- Lists (listwise objectives): `prompt`, `responses` (a list of strings) and `ranks` (ints
+  >= 1, 1 = best; ties allowed) or `scores` (numbers, higher = better), one per response.
+- Unpaired (KTO): `prompt`, `completion` and `label` (true / false or 1 / 0: desirable).
 
 Validation happens once, at start-up, over every record (see `sources.DocumentSource`): a
 missing or mistyped field is a one-line error naming `file:line`. Records that are
 well-formed but unusable are skipped and counted by reason: an empty completion (or an
-assistant-free conversation), and for pairs `chosen == rejected` when
-`config.data.drop_identical_pairs` (kept and still counted otherwise).
+assistant-free conversation), for pairs `chosen == rejected` when
+`config.data.drop_identical_pairs` (kept and still counted otherwise), and for lists fewer
+than two non-empty responses.
 
 Encoding keeps prompt and completion apart so the loss mask is exact: each piece is
 tokenized on its own and the ids concatenated, `mask` = 1 on the tokens that carry loss
@@ -23,6 +27,8 @@ Loss covers assistant content plus its closing marker and eos, never system or u
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -130,6 +136,135 @@ class PairSource(DocumentSource):
         return stats
 
 
+class ListSource(DocumentSource):
+    """Random-access ranked or scored lists; JSONL only.
+
+    A record reads as `{"prompt", "responses", "scores" (or None), "ranks"}` with empty
+    responses removed, the rest in ranked order (best first; ties keep file order) and at
+    most `list_size` of them (the best ones). `ranks` are 1 + the number of strictly better
+    kept responses (from the given ranks, or from scores: equal scores share a rank).
+    Skipped and counted: lists with fewer than two non-empty responses. Counted: lists cut to
+    `list_size`, lists shorter than it (padded by the pipeline), empty responses removed,
+    records with scores.
+    """
+
+    def __init__(self, paths, *, format: str = "auto", list_size: int = 4):
+        if not (isinstance(list_size, int) and list_size >= 2):
+            raise DataError(f"config.data.list_size={list_size!r}; expected an integer >= 2")
+        self.list_size = list_size
+        self.counts = {"lists_cut": 0, "lists_padded": 0, "empty_responses": 0, "scored": 0}
+        super().__init__(paths, format=format)
+
+    @property
+    def _expected(self) -> str:
+        return (
+            "expected a JSON object with a string 'prompt', a 'responses' list of strings and "
+            "'ranks' (integers >= 1, 1 = best) or 'scores' (numbers), one per response"
+        )
+
+    def _check(self, record: dict, where: str, expected: str) -> str | None:
+        for key, kind in (("prompt", str), ("responses", list)):
+            if key not in record:
+                fields = ", ".join(sorted(record)) or "none"
+                raise DataError(f"{where}: no {key!r} field (fields: {fields}); {expected}")
+            if not isinstance(record[key], kind):
+                raise DataError(f"{where}: {key!r} is a {type(record[key]).__name__}; {expected}")
+        responses = record["responses"]
+        for i, r in enumerate(responses):
+            if not isinstance(r, str):
+                raise DataError(f"{where}: responses[{i}] is {json_short(r)}; {expected}")
+        if "ranks" not in record and "scores" not in record:
+            fields = ", ".join(sorted(record))
+            raise DataError(f"{where}: neither 'ranks' nor 'scores' (fields: {fields}); {expected}")
+        for key, ok in (("ranks", _is_rank), ("scores", _is_finite_number)):
+            if key not in record:
+                continue
+            values = record[key]
+            if not isinstance(values, list) or len(values) != len(responses):
+                raise DataError(
+                    f"{where}: {key!r} is {json_short(values)} for {len(responses)} responses; "
+                    f"{expected}"
+                )
+            for i, v in enumerate(values):
+                if not ok(v):
+                    raise DataError(f"{where}: {key}[{i}] is {json_short(v)}; {expected}")
+        n = sum(1 for r in responses if r.strip())
+        if n < 2:
+            return "too_few_responses"
+        self.counts["empty_responses"] += len(responses) - n
+        self.counts["lists_cut"] += n > self.list_size
+        self.counts["lists_padded"] += n < self.list_size
+        self.counts["scored"] += "scores" in record
+        return None
+
+    def _extract(self, record: dict):
+        keep = [i for i, r in enumerate(record["responses"]) if r.strip()]
+        scores = record.get("scores")
+        if "ranks" in record:
+            keys = [record["ranks"][i] for i in keep]
+        else:
+            keys = [-scores[i] for i in keep]
+        order = sorted(range(len(keep)), key=lambda j: keys[j])[: self.list_size]
+        kept_keys = [keys[j] for j in order]
+        return {
+            "prompt": record["prompt"],
+            "responses": [record["responses"][keep[j]] for j in order],
+            "scores": None if scores is None else [float(scores[keep[j]]) for j in order],
+            "ranks": [1 + sum(k < key for k in kept_keys) for key in kept_keys],
+        }
+
+    def stats(self) -> dict[str, int]:
+        stats = super().stats()
+        stats.update({k: v for k, v in self.counts.items() if k != "scored"})
+        stats["records_with_scores"] = self.counts["scored"]
+        return stats
+
+
+class UnpairedSource(DocumentSource):
+    """Random-access unpaired examples (dicts, `label` as a bool); JSONL only."""
+
+    def __init__(self, paths, *, format: str = "auto"):
+        self.counts = {"desirable": 0, "undesirable": 0}
+        super().__init__(paths, format=format)
+
+    @property
+    def _expected(self) -> str:
+        return (
+            "expected a JSON object with string 'prompt' and 'completion' fields and a "
+            "'label' (true / false or 1 / 0: the completion is desirable)"
+        )
+
+    def _check(self, record: dict, where: str, expected: str) -> str | None:
+        for key in ("prompt", "completion", "label"):
+            if key not in record:
+                fields = ", ".join(sorted(record)) or "none"
+                raise DataError(f"{where}: no {key!r} field (fields: {fields}); {expected}")
+        for key in ("prompt", "completion"):
+            if not isinstance(record[key], str):
+                raise DataError(f"{where}: {key!r} is a {type(record[key]).__name__}; {expected}")
+        label = record["label"]
+        if not (isinstance(label, bool) or (_is_number(label) and label in (0, 1))):
+            raise DataError(f"{where}: 'label' is {json_short(label)}; {expected}")
+        if not record["completion"].strip():
+            return "empty_completion"
+        self.counts["desirable" if label else "undesirable"] += 1
+        return None
+
+    def _extract(self, record: dict):
+        return {**record, "label": bool(record["label"])}
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), **self.counts}
+
+
+def _is_rank(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _is_finite_number(x) -> bool:
+    return _is_number(x) and math.isfinite(x)
+
+
 def json_short(value, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -189,6 +324,14 @@ def encode_completion(prompt: str, completion: str, tokenizer, data_cfg):
         add_bos=data_cfg.add_bos,
         add_eos=data_cfg.add_eos,
     )
+
+
+def encode_list(record: dict, tokenizer, data_cfg):
+    """Prompt + each response of a list record, in its order: [(tokens, mask)] * K."""
+    return [
+        encode_completion(record["prompt"], response, tokenizer, data_cfg)
+        for response in record["responses"]
+    ]
 
 
 class Filtered:

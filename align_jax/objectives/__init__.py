@@ -52,7 +52,7 @@ def register(name: str, loss_types: tuple[str, ...] | None):
 
 def build(config, graphdef) -> Objective:
     # Import for the registration side effect; objectives live in this package.
-    from align_jax.objectives import dpo, pretrain, reward  # noqa: F401
+    from align_jax.objectives import dpo, kto, listwise, pretrain, reference_free, reward  # noqa: F401
 
     name = config.objective.name
     if name not in _BUILDERS:

@@ -23,9 +23,11 @@ import numpy as np
 
 from align_jax import checkpoint as ckpt
 from align_jax import models, objectives, parallel
+from align_jax.data import listwise as listwise_data
 from align_jax.data import pairs as pairs_data
 from align_jax.data import pretrain as pretrain_data
 from align_jax.data import sft as sft_data
+from align_jax.data import unpaired as unpaired_data
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.training import metrics as metrics_lib
 from align_jax.training import step as step_lib
@@ -94,6 +96,8 @@ DATA_PIPELINES = {
     "tokens": pretrain_data,
     "sft": sft_data,
     "pairs": pairs_data,
+    "lists": listwise_data,
+    "unpaired": unpaired_data,
 }
 
 
