@@ -30,7 +30,7 @@ def prepare_data(data_dir: str, vocab_size: int) -> None:
     if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
         paths = write_corpus(data_dir, n_train=4000, n_eval=200, seed=0)
         print(f"corpus: {paths['train']} and {paths['eval']}")
-    if not os.path.exists(os.path.join(data_dir, "pairs_train.jsonl")):
+    if not os.path.exists(os.path.join(data_dir, "unpaired_train.jsonl")):
         write_tasks(data_dir, n_train=2000, n_eval=200, seed=0)
         print(f"tasks: {data_dir}/sft_*.jsonl and {data_dir}/pairs_*.jsonl")
     if not os.path.exists(os.path.join(data_dir, "tok.model")):
