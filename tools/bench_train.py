@@ -38,7 +38,9 @@ DEFAULT_SHAPES = {"tiny": (16, 128), "llama25m": (8, 512)}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {CONFIGS}")
     p.add_argument("--steps", type=int, default=8, help="timed train steps per config")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
@@ -51,8 +53,12 @@ def parse_args(argv=None):
         help="CPU devices; >1 simulates them with --xla_force_host_platform_device_count "
         "(the 2 real cores are then shared, so expect it to be slower)",
     )
-    p.add_argument("--remat", default="", help="none | full | dots | dots_no_batch (default: config's)")
-    p.add_argument("--dtype", default="", help="compute dtype float32 | bfloat16 (default: config's)")
+    p.add_argument(
+        "--remat", default="", help="none | full | dots | dots_no_batch (default: the config's)"
+    )
+    p.add_argument(
+        "--dtype", default="", help="compute dtype float32 | bfloat16 (default: the config's)"
+    )
     p.add_argument("--matmul_n", type=int, default=2048, help="side of the peak matmul")
     p.add_argument("--matmul_repeats", type=int, default=10, help="timed repeats of the matmul")
     p.add_argument("--cost", action="store_true", help="also print XLA's compiled cost analysis")
@@ -134,7 +140,7 @@ def synthetic_batch(rng, batch: int, seq: int, vocab: int) -> dict:
         n_docs = int(rng.integers(1, 5))
         cuts = np.sort(rng.choice(np.arange(1, seq + 1), n_docs - 1, replace=False))
         bounds = [0, *cuts.tolist(), seq + 1]
-        for d, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for d, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             segment_ids[r, a:b] = d + 1
             positions[r, a:b] = np.arange(b - a)
     seg = segment_ids
@@ -146,6 +152,45 @@ def synthetic_batch(rng, batch: int, seq: int, vocab: int) -> dict:
         "positions": positions[:, :-1].copy(),
         "loss_mask": loss_mask,
     }
+
+
+class CpuShare:
+    """What else ran on the machine during a measurement (Linux `/proc`; zeros elsewhere).
+
+    `others`: cores' worth of CPU time used by other processes; `steal`: cores' worth taken
+    by the hypervisor; `own`: cores' worth used by this process. Shared CPU machines make
+    timings bimodal, so every figure carries these to tell a clean run from a contended one.
+    """
+
+    def __init__(self):
+        self.others = self.steal = self.own = 0.0
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        busy = v[0] + v[1] + v[2] + v[5] + v[6]  # user nice system irq softirq
+        steal = v[7] if len(v) > 7 else 0
+        return busy, steal, int(own[11]) + int(own[12])  # utime + stime, all threads
+
+    def __enter__(self):
+        self._t0, self._s0 = time.perf_counter(), self._read()
+        return self
+
+    def __exit__(self, *exc):
+        s1, wall = self._read(), time.perf_counter() - self._t0
+        if self._s0 is None or s1 is None or wall <= 0:
+            return
+        hz = os.sysconf("SC_CLK_TCK")
+        busy, steal, own = (b - a for a, b in zip(self._s0, s1, strict=True))
+        self.own = own / hz / wall
+        self.others = max(busy - own, 0) / hz / wall
+        self.steal = steal / hz / wall
 
 
 def matmul_peak(n: int, repeats: int) -> dict:
@@ -161,20 +206,22 @@ def matmul_peak(n: int, repeats: int) -> dict:
     for _ in range(3):
         f(a, b).block_until_ready()
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t0)
+    with CpuShare() as share:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f(a, b).block_until_ready()
+            times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return {
         "n": n,
         "median_s": med,
         "gflops": 2 * n**3 / med / 1e9,
         "best_gflops": 2 * n**3 / min(times) / 1e9,
+        "others_cores": round(share.others, 2),
     }
 
 
-def bench_config(name: str, args, peak_gflops: float) -> dict:
+def bench_config(name: str, args) -> dict:
     import jax
     import numpy as np
 
@@ -230,17 +277,18 @@ def bench_config(name: str, args, peak_gflops: float) -> dict:
                 result["temp_bytes"] = int(mem.temp_size_in_bytes)
                 result["argument_bytes"] = int(mem.argument_size_in_bytes)
 
+        for i in range(args.warmup):
+            state, metrics = train_step(state, batches[i % n_batches], base_rng, None)
+            float(metrics["loss"])
         times = []
         losses = []
-        for i in range(args.warmup + args.steps):
-            rng_i = jax.random.fold_in(base_rng, i)
-            t = time.perf_counter()
-            state, metrics = train_step(state, batches[i % n_batches], rng_i, None)
-            loss = float(metrics["loss"])  # blocks until the step is done
-            dt = time.perf_counter() - t
-            if i >= args.warmup:
-                times.append(dt)
-                losses.append(loss)
+        with CpuShare() as share:
+            for i in range(args.warmup, args.warmup + args.steps):
+                rng_i = jax.random.fold_in(base_rng, i)
+                t = time.perf_counter()
+                state, metrics = train_step(state, batches[i % n_batches], rng_i, None)
+                losses.append(float(metrics["loss"]))  # blocks until the step is done
+                times.append(time.perf_counter() - t)
 
     step_s = statistics.median(times)
     tokens = batch_rows * seq
@@ -261,14 +309,23 @@ def bench_config(name: str, args, peak_gflops: float) -> dict:
         tokens_per_s=tokens / step_s,
         flops_per_token=flops_per_token,
         tflops=achieved / 1e12,
-        # The peak is one device's matmul rate; simulated devices share the same cores, so
-        # MFU is against the machine's peak, not n_dev times it.
-        mfu=achieved / (peak_gflops * 1e9),
         final_loss=losses[-1],
+        own_cores=round(share.own, 2),
+        others_cores=round(share.others, 2),
+        steal_cores=round(share.steal, 2),
     )
     if args.cost:
         result["xla_flops_over_model"] = result["xla_cost_flops"] / (flops_per_token * tokens)
     return result
+
+
+def _print_peak(label: str, peak: dict) -> None:
+    print(
+        f"matmul {peak['n']}^2 fp32 ({label}): {peak['gflops']:.1f} GFLOP/s median "
+        f"({peak['median_s'] * 1e3:.1f} ms; best {peak['best_gflops']:.1f}; "
+        f"other processes {peak['others_cores']:.2f} cores)",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
@@ -286,21 +343,30 @@ def main(argv=None) -> int:
         flush=True,
     )
 
-    peak = matmul_peak(args.matmul_n, args.matmul_repeats)
-    print(
-        f"matmul {peak['n']}^2 fp32: {peak['gflops']:.1f} GFLOP/s median "
-        f"({peak['median_s'] * 1e3:.1f} ms; best {peak['best_gflops']:.1f})",
-        flush=True,
-    )
-
-    results = [bench_config(n, args, peak["gflops"]) for n in names]
+    before = matmul_peak(args.matmul_n, args.matmul_repeats)
+    _print_peak("before", before)
+    results = []
+    for n in names:
+        results.append(bench_config(n, args))
+        r = results[-1]
+        print(f"{n}: {r['step_s']:.3f} s/step (others {r['others_cores']:.2f} cores)", flush=True)
+    after = matmul_peak(args.matmul_n, args.matmul_repeats)
+    _print_peak("after", after)
+    # The higher of the two medians: a contended matmul run must not inflate MFU. It is one
+    # device's rate; simulated devices share the same cores, so MFU is against the machine.
+    peak_gflops = max(before["gflops"], after["gflops"])
+    for r in results:
+        r["mfu"] = r["tflops"] * 1e12 / (peak_gflops * 1e9)
 
     header = (
         f"{'config':<10} {'params':>11} {'batch x seq':>12} {'dev':>3} {'remat':>6} {'dtype':>8} "
-        f"{'compile s':>9} {'step s':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6}"
+        f"{'compile s':>9} {'step s':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'others':>6}"
     )
     print()
-    print(f"matmul peak (same run): {peak['gflops']:.1f} GFLOP/s")
+    print(
+        f"matmul peak (same run): {peak_gflops:.1f} GFLOP/s "
+        f"(before {before['gflops']:.1f}, after {after['gflops']:.1f})"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
@@ -308,11 +374,28 @@ def main(argv=None) -> int:
             f"{r['config']:<10} {r['params']:>11,} {r['batch']:>5} x {r['seq']:<5} "
             f"{r['devices']:>3} {r['remat']:>6} {r['dtype']:>8} {r['compile_s']:>9.1f} "
             f"{r['step_s']:>8.3f} {r['tokens_per_s']:>9.0f} {r['tflops']:>8.4f} "
-            f"{r['mfu'] * 100:>5.1f}%"
+            f"{r['mfu'] * 100:>5.1f}% {r['others_cores']:>6.2f}"
         )
+    busy = [r["config"] for r in results if r["others_cores"] > 0.2]
+    if busy or max(before["others_cores"], after["others_cores"]) > 0.2:
+        print(
+            "WARNING: other processes used CPU during the measurement "
+            f"({', '.join(busy) or 'matmul peak'}); these figures are contended, run again."
+        )
+    print("(others: cores' worth of CPU used by other processes while the steps were timed)")
     print()
     for r in results:
-        print("RESULT " + json.dumps({"matmul_peak_gflops": round(peak["gflops"], 2), **r}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "matmul_peak_gflops": round(peak_gflops, 2),
+                    "matmul_peak_before_gflops": round(before["gflops"], 2),
+                    "matmul_peak_after_gflops": round(after["gflops"], 2),
+                    **r,
+                }
+            )
+        )
     return 0
 
 
