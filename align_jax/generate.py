@@ -10,7 +10,8 @@ record per sample: the input fields, `completion`, `sample` (0..n-1), `num_token
 `finished` (ended with eos), and `score` when a reward model is given.
 
 `--chat` renders each prompt as a user turn of the run's chat template (config.data
-.chat_template) followed by the assistant marker, as SFT trained it.
+.chat_template) followed by the assistant marker, as SFT trained it; with `checkpoint`, the
+tokenizer's own template with its generation prompt.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import sys
 
 from align_jax import checkpoint as ckpt
-from align_jax.data.records import CHAT_TEMPLATES
+from align_jax.data.records import CHAT_TEMPLATES, CHECKPOINT_TEMPLATE
 from align_jax.data.sources import DataError
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.rollout import Sampler, SamplingParams
@@ -44,9 +45,12 @@ def read_prompts(path: str) -> list[dict]:
     return records
 
 
-def render(prompt: str, chat_template: str | None) -> str:
+def render(prompt: str, chat_template: str | None, tokenizer: Tokenizer) -> str:
     if not chat_template:
         return prompt
+    if chat_template == CHECKPOINT_TEMPLATE:
+        turn = [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(turn, add_generation_prompt=True)
     t = CHAT_TEMPLATES[chat_template]
     return t["prefix"]["user"] + prompt + t["suffix"]["user"] + t["prefix"]["assistant"]
 
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
             chunk = records[lo : lo + args.batch_size]
             prompts = [
                 [tokenizer.bos_id] * bool(config.data.add_bos)
-                + tokenizer.encode(render(r["prompt"], template))
+                + tokenizer.encode(render(r["prompt"], template, tokenizer))
                 for r in chunk
             ]
             out = sampler.generate(params, prompts, sp, seed=args.seed + lo)

@@ -20,9 +20,14 @@ Encoding keeps prompt and completion apart so the loss mask is exact: each piece
 tokenized on its own and the ids concatenated, `mask` = 1 on the tokens that carry loss
 (completion / assistant content and the end-of-sequence token that closes it).
 
-Chat templates are plain text markers (the tokenizer needs no special tokens):
+Chat templates (`config.data.chat_template`):
 - `simple`: `<|system|>\\n…\\n<|user|>\\n…\\n<|assistant|>\\n…\\n` then eos
 - `chatml`: `<|im_start|>role\\n…<|im_end|>\\n`, assistant turns closed by `<|im_end|>` + eos.
+  These two are plain text markers (the tokenizer needs no special tokens).
+- `checkpoint`: the tokenizer's own Jinja template (`Tokenizer.apply_chat_template`). Each
+  assistant turn's text is where `messages[:i+1]` renders past `messages[:i]` with the
+  generation prompt, so it is the content plus whatever the template closes a turn with;
+  a template that does not render conversations prefix by prefix is an error.
 Loss covers assistant content plus its closing marker and eos, never system or user turns.
 """
 
@@ -47,6 +52,8 @@ CHAT_TEMPLATES = {
         "suffix": {r: "<|im_end|>\n" for r in ROLES},
     },
 }
+# The tokenizer's own Jinja chat template (a Hugging Face checkpoint's).
+CHECKPOINT_TEMPLATE = "checkpoint"
 
 
 def _is_number(x) -> bool:
@@ -273,6 +280,15 @@ def json_short(value, limit: int = 60) -> str:
 def encode_pieces(tokenizer, pieces, *, add_bos: bool, add_eos: bool):
     """[(text, trained)] -> (tokens int32 [n], mask int32 [n]); eos is trained after a
     trained last piece (it teaches the model to stop)."""
+    for flag, name, token_id in (
+        (add_bos, "add_bos", tokenizer.bos_id),
+        (add_eos, "add_eos", tokenizer.eos_id),
+    ):
+        if flag and token_id < 0:  # -1 would silently index the last embedding row
+            raise DataError(
+                f"config.data.{name}=True but {tokenizer.path} has no {name[4:]} token; "
+                f"expected a tokenizer with one, or set config.data.{name}=False"
+            )
     ids: list[int] = [tokenizer.bos_id] if add_bos else []
     mask: list[int] = [0] * len(ids)
     for text, trained in pieces:
@@ -287,12 +303,15 @@ def encode_pieces(tokenizer, pieces, *, add_bos: bool, add_eos: bool):
     return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
 
 
-def sft_pieces(record: dict, template: str) -> list[tuple[str, bool]]:
+def sft_pieces(record: dict, template: str, tokenizer) -> list[tuple[str, bool]]:
     if "messages" not in record:
         return [(record["prompt"], False), (record["completion"], True)]
+    if template == CHECKPOINT_TEMPLATE:
+        return checkpoint_pieces(record["messages"], tokenizer)
     if template not in CHAT_TEMPLATES:
         raise DataError(
-            f"config.data.chat_template={template!r}; expected one of {sorted(CHAT_TEMPLATES)}"
+            f"config.data.chat_template={template!r}; expected one of "
+            f"{sorted([*CHAT_TEMPLATES, CHECKPOINT_TEMPLATE])}"
         )
     t = CHAT_TEMPLATES[template]
     pieces = []
@@ -307,10 +326,35 @@ def sft_pieces(record: dict, template: str) -> list[tuple[str, bool]]:
     return pieces
 
 
+def checkpoint_pieces(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
+    """[(text, trained)] of a conversation rendered by the tokenizer's chat template; the
+    trained pieces are the assistant turns (see the module docstring)."""
+    # Renders that end where a trained piece starts (False) or ends (True).
+    cuts = []
+    for i, turn in enumerate(messages):
+        if turn["role"] == "assistant":
+            cuts += [
+                (tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True), False),
+                (tokenizer.apply_chat_template(messages[: i + 1]), True),
+            ]
+    cuts.append((tokenizer.apply_chat_template(messages), False))
+    pieces, done = [], ""
+    for text, trained in cuts:
+        if not text.startswith(done):
+            raise DataError(
+                f"{tokenizer.path}: its chat template does not render a conversation prefix by "
+                "prefix (earlier turns change when later ones follow), so assistant turns cannot "
+                "be located; config.data.chat_template='checkpoint' needs one that does"
+            )
+        pieces.append((text[len(done) :], trained))
+        done = text
+    return pieces
+
+
 def encode_sft(record: dict, tokenizer, data_cfg):
     return encode_pieces(
         tokenizer,
-        sft_pieces(record, data_cfg.chat_template),
+        sft_pieces(record, data_cfg.chat_template, tokenizer),
         add_bos=data_cfg.add_bos,
         add_eos=data_cfg.add_eos,
     )
