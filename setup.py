@@ -25,10 +25,20 @@ setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "ruff>=0.6"],
+        # torch and transformers are references in tests (Hugging Face interop), never imported
+        # by align_jax itself. torch 2.13.0 is pinned: its PyPI wheel here is the CPU build.
+        "test": [
+            "pytest>=8,<10",
+            "ruff>=0.6",
+            "tokenizers>=0.20,<1",
+            "jinja2>=3.1.6,<4",
+            "torch==2.13.0",
+            "transformers>=5.24,<5.25",
+        ],
         # The TPU build of jax: optional, never needed on a laptop or GPU box.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-        # Hugging Face interop (safetensors checkpoints, tokenizer.json).
-        "hf": ["safetensors>=0.4,<1", "tokenizers>=0.20,<1"],
+        # Hugging Face interop: tokenizer.json tokenizers and checkpoints' chat templates.
+        # (safetensors files are read and written by align_jax.interop.safetensors itself.)
+        "hf": ["tokenizers>=0.20,<1", "jinja2>=3.1.6,<4"],
     },
 )

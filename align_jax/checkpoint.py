@@ -120,8 +120,13 @@ def load_params(
     the checkpoint with the same shape: a mismatch is an error naming the path and shapes.
     The exception is a new head (`NEW_HEADS`, e.g. a reward model's score head on an SFT
     backbone): with `fresh` (newly initialised parameters) given, those come from `fresh`.
-    `checkpoint_diff` says what was added and what went unused, for the log.
+    `checkpoint_diff` says what was added and what went unused, for the log. `path` may
+    also be a Hugging Face directory (align_jax.interop.hf reads it).
     """
+    from align_jax.interop import hf
+
+    if hf.is_hf_dir(path):
+        return hf.load_params(path, param_shapes, param_shardings, fresh=fresh)
     state_dir = _resolve_state_dir(path)
     tree = _stored_tree(state_dir)
     if not isinstance(tree, dict) or "params" not in tree:
@@ -162,6 +167,10 @@ def load_params(
 
 def checkpoint_diff(path: str, param_shapes: dict) -> tuple[list[str], list[str]]:
     """(parameters the model has that the checkpoint lacks, checkpoint parameters unused)."""
+    from align_jax.interop import hf
+
+    if hf.is_hf_dir(path):
+        return hf.checkpoint_diff(path, param_shapes)
     stored = _flatten(dict(_stored_tree(_resolve_state_dir(path))["params"]))
     wanted = _flatten(param_shapes)
     return (
@@ -180,13 +189,16 @@ def load_run(workdir: str, *, step: int | None = None, mesh=None):
     """(config, graphdef, params, mesh) of a finished or running stage's workdir.
 
     The model is rebuilt from `workdir/config.json` and gets the parameters of the latest
-    checkpoint (or `step`), placed on `mesh` (default: every local device, FSDP).
+    checkpoint (or `step`), placed on `mesh` (default: every local device, FSDP). A LoRA
+    run's adapters are merged into its base (its `init_from`): the result is a plain model
+    (`config.model.lora.rank` 0), ready to sample, score or export.
     """
     import json
 
     import ml_collections
 
     from align_jax import models, parallel
+    from align_jax.models import lora
 
     try:
         with open(os.path.join(workdir, "config.json")) as f:
@@ -200,4 +212,15 @@ def load_run(workdir: str, *, step: int | None = None, mesh=None):
     graphdef, shapes, axes = models.abstract_params(config.model)
     shardings = models.param_shardings(shapes, axes, mesh, rules)
     path = os.path.join(workdir, "checkpoints", str(step)) if step is not None else workdir
-    return config, graphdef, load_params(path, shapes, shardings), mesh
+    if lora.settings(config.model) is None:
+        return config, graphdef, load_params(path, shapes, shardings), mesh
+    # The run checkpointed only its adapters and new heads; the base is its init_from.
+    (trainable, base), (trainable_sh, base_sh) = (
+        lora.split(tree, trainable_heads=NEW_HEADS) for tree in (shapes, shardings)
+    )
+    params = lora.join(
+        load_params(config.init_from, base, base_sh), load_params(path, trainable, trainable_sh)
+    )
+    params = lora.merge_lora(params, config.model)
+    config.model.lora.rank = 0
+    return config, models.abstract_params(config.model)[0], params, mesh

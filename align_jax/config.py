@@ -90,6 +90,15 @@ def model_config(preset: str | None = None, **overrides) -> ml_collections.Confi
     m.attn_logit_softcap = 0.0  # Gemma 2: 50.0; 0 disables
     m.query_scale = 0.0  # 0: 1/sqrt(head_dim); Gemma sets its own query_pre_attn_scalar
     m.rope_theta = 10000.0
+    # Sliding-window attention (Mistral, Gemma 2/3): a query sees the last `sliding_window`
+    # tokens, itself included; 0 turns it off. With a window, layer i (0-based) attends
+    # globally when sliding_pattern > 0 and (i + 1) % sliding_pattern == 0 (Gemma 2: 2,
+    # Gemma 3: 6); sliding_pattern = 0 makes every layer slide (Mistral).
+    m.sliding_window = 0
+    m.sliding_pattern = 0
+    # Gemma 3: sliding layers use plain RoPE with this base (no rope_scaling); 0: every layer
+    # uses rope_theta and rope_scaling.
+    m.rope_local_theta = 0.0
     m.rope_scaling = ml_collections.ConfigDict(
         {
             "type": "none",  # none | linear | llama3
@@ -105,6 +114,10 @@ def model_config(preset: str | None = None, **overrides) -> ml_collections.Confi
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
     m.remat = "none"  # none | full | dots (save matmul outputs) | dots_no_batch
     m.head = "lm"  # lm: next-token logits; scalar: one score per token (reward / value models)
+    # LoRA (arXiv 2106.09685; align_jax/models/lora.py): rank > 0 trains only adapters on
+    # `targets` (comma list of q, k, v, o, gate, up, down) and a new head, scaled by
+    # alpha / rank, over the frozen base from config.init_from (the reference model too).
+    m.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": "q,k,v,o"})
     if preset is not None:
         if preset not in MODEL_PRESETS:
             raise ValueError(
@@ -162,7 +175,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shuffle = True
     c.data.num_epochs = 0  # 0: repeat forever
     # SFT and preference data (align_jax/data/records.py documents the record fields).
-    c.data.chat_template = "simple"  # simple | chatml, for `messages` records
+    # For `messages` records: simple | chatml (plain-text markers) | checkpoint (the
+    # tokenizer's own Jinja template, from a Hugging Face checkpoint's tokenizer_config.json
+    # or chat_template.jinja; set add_bos=False if the template writes bos itself).
+    c.data.chat_template = "simple"
     c.data.packing = True  # SFT: first-fit pack whole examples into rows
     c.data.overlong = "truncate"  # truncate | drop examples longer than seq_len (counted)
     c.data.drop_identical_pairs = True  # pairs with chosen == rejected (always counted)

@@ -6,8 +6,8 @@ It writes a small synthetic corpus and tasks (experiments/tiny_corpus.py, tiny_t
 trains a sentencepiece tokenizer, then runs the stages through the real CLI
 (`python -m align_jax.train`), each starting from the previous stage's checkpoint:
 pretrain -> SFT -> reward model, and DPO from the SFT model; then it samples answers from
-the DPO policy and scores them with the reward model. PPO and GRPO join here as they land. Running it again resumes (and finishes)
-the stages in the same workdir.
+the DPO policy and scores them with the reward model. PPO and GRPO join here as they land.
+Running it again resumes (and finishes) the stages in the same workdir.
 """
 
 from __future__ import annotations

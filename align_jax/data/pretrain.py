@@ -71,7 +71,9 @@ FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 # --- public API ---------------------------------------------------------------------------
 
 
-def load_source(data_cfg, split: str = "train", tokenizer: Tokenizer | None = None) -> DocumentSource:
+def load_source(
+    data_cfg, split: str = "train", tokenizer: Tokenizer | None = None
+) -> DocumentSource:
     """Indexes and validates `data_cfg.<split>_files` (split: "train" or "eval").
 
     `tokenizer` is unused here (documents are tokenized as they stream); the SFT and pair

@@ -8,6 +8,8 @@ from align_jax.models.build import (
     param_shardings,
     sequence_logprobs,
 )
+from align_jax.models.lora import merge_lora
+from align_jax.models.lora import settings as lora_settings
 from align_jax.models.transformer import (
     Transformer,
     count_params,
@@ -21,6 +23,8 @@ __all__ = [
     "apply_scores",
     "count_params",
     "init_params",
+    "lora_settings",
+    "merge_lora",
     "param_shardings",
     "sequence_logprobs",
     "train_flops_per_token",

@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from align_jax.models.lora import TARGETS as LORA_TARGETS
+from align_jax.models.lora import count_adapter_params
+from align_jax.models.lora import settings as lora_settings
 from align_jax.parallel import constrain
 
 _REMAT_POLICIES = {
@@ -67,10 +70,13 @@ class RMSNorm(nnx.Module):
         return (y * (self.offset + self.scale[...].astype(jnp.float32))).astype(x.dtype)
 
 
+def _plain_inv_freq(theta: float, dim: int) -> jax.Array:
+    return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
 def rope_inv_freq(cfg) -> jax.Array:
     """Inverse frequencies, with Llama-3 scaling (arXiv 2407.21783) when configured."""
-    dim = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    inv_freq = _plain_inv_freq(cfg.rope_theta, cfg.head_dim)
     scaling = cfg.rope_scaling
     if scaling.type == "llama3":
         low_wavelen = scaling.original_max_position / scaling.low_freq_factor
@@ -92,6 +98,31 @@ def rope_inv_freq(cfg) -> jax.Array:
             f"config.model.rope_scaling.type '{scaling.type}' is not one of none, linear, llama3"
         )
     return inv_freq
+
+
+# The window of a layer that attends globally: longer than any sequence.
+_NO_WINDOW = 2**30
+
+
+def layer_attention(cfg) -> tuple[jax.Array, jax.Array]:
+    """Per-layer RoPE inverse frequencies [layers, Dh/2] and attention windows [layers].
+
+    Scanned along with the stacked blocks, so local and global layers (Gemma 2/3) share one
+    block definition. A global layer's window is `_NO_WINDOW`.
+    """
+    n = cfg.n_layers
+    layer = jnp.arange(n)
+    if cfg.sliding_window:
+        pattern = cfg.sliding_pattern
+        is_global = (layer + 1) % pattern == 0 if pattern else jnp.zeros(n, bool)
+    else:
+        is_global = jnp.ones(n, bool)
+    windows = jnp.where(is_global, _NO_WINDOW, cfg.sliding_window).astype(jnp.int32)
+    inv_freq = jnp.broadcast_to(rope_inv_freq(cfg), (n, cfg.head_dim // 2))
+    if cfg.rope_local_theta:
+        local = _plain_inv_freq(cfg.rope_local_theta, cfg.head_dim)
+        inv_freq = jnp.where(is_global[:, None], inv_freq, local[None])
+    return inv_freq, windows
 
 
 def apply_rope(x: jax.Array, positions_bl: jax.Array, inv_freq: jax.Array) -> jax.Array:
@@ -135,6 +166,41 @@ def _dense(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
     return y.reshape(*lead, *k_out)
 
 
+def _add_adapters(module, cfg, rngs, n_stack: int) -> None:
+    """LoRA adapters on the module's kernels that `config.model.lora.targets` names
+    (align_jax/models/lora.py): A [*stack, *in, rank] drawn like PEFT's default
+    (kaiming-uniform with a = sqrt(5), i.e. U(+-1 / sqrt(fan_in))) and B [*stack, rank, *out]
+    zero, so a fresh adapter leaves the model unchanged."""
+    lora = lora_settings(cfg)
+    if lora is None:
+        return
+    module.lora_scale = lora.scale
+    for name in lora.targets:
+        kernel = getattr(module, f"{name}_kernel", None)
+        if kernel is None:
+            continue
+        cut = n_stack + LORA_TARGETS[name]
+        shape, axes = kernel[...].shape, tuple(kernel.get_metadata()["axes"])
+        bound = 1.0 / math.sqrt(math.prod(shape[n_stack:cut]))
+        a = jax.random.uniform(
+            rngs.params(), (*shape[:cut], lora.rank), _dtype(cfg.param_dtype), -bound, bound
+        )
+        setattr(module, f"{name}_lora_a", nnx.Param(a, axes=(*axes[:cut], None)))
+        b_shape = (*shape[:n_stack], lora.rank, *shape[cut:])
+        b_axes = (*axes[:n_stack], None, *axes[cut:])
+        setattr(module, f"{name}_lora_b", _param(rngs, b_shape, b_axes, cfg, "zeros"))
+
+
+def _linear(module, name: str, x: jax.Array, n_in: int = 1) -> jax.Array:
+    """`x @ <name>_kernel`, plus `scale * (x @ A) @ B` where a LoRA adapter sits on it."""
+    y = _dense(x, getattr(module, f"{name}_kernel")[...].astype(x.dtype), n_in)
+    if hasattr(module, f"{name}_lora_a"):
+        a = getattr(module, f"{name}_lora_a")[...].astype(x.dtype)
+        b = getattr(module, f"{name}_lora_b")[...].astype(x.dtype)
+        y = y + _dense(_dense(x, a, n_in) * jnp.asarray(module.lora_scale, x.dtype), b)
+    return y
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg, rngs: nnx.Rngs, stack: Sequence[int] = ()):
         self.cfg = cfg
@@ -142,10 +208,18 @@ class Attention(nnx.Module):
         if h % k:
             raise ValueError(f"config.model: n_heads={h} is not a multiple of n_kv_heads={k}")
         ly = ("layers",) * len(stack)
-        self.q_kernel = _param(rngs, (*stack, d, h, hd), (*ly, "embed", "heads", "head_dim"), cfg, "normal")
-        self.k_kernel = _param(rngs, (*stack, d, k, hd), (*ly, "embed", "kv_heads", "head_dim"), cfg, "normal")
-        self.v_kernel = _param(rngs, (*stack, d, k, hd), (*ly, "embed", "kv_heads", "head_dim"), cfg, "normal")
-        self.o_kernel = _param(rngs, (*stack, h, hd, d), (*ly, "heads", "head_dim", "embed"), cfg, "normal")
+        self.q_kernel = _param(
+            rngs, (*stack, d, h, hd), (*ly, "embed", "heads", "head_dim"), cfg, "normal"
+        )
+        self.k_kernel = _param(
+            rngs, (*stack, d, k, hd), (*ly, "embed", "kv_heads", "head_dim"), cfg, "normal"
+        )
+        self.v_kernel = _param(
+            rngs, (*stack, d, k, hd), (*ly, "embed", "kv_heads", "head_dim"), cfg, "normal"
+        )
+        self.o_kernel = _param(
+            rngs, (*stack, h, hd, d), (*ly, "heads", "head_dim", "embed"), cfg, "normal"
+        )
         if cfg.qkv_bias:
             self.q_bias = _param(rngs, (*stack, h, hd), (*ly, "heads", "head_dim"), cfg, "zeros")
             self.k_bias = _param(rngs, (*stack, k, hd), (*ly, "kv_heads", "head_dim"), cfg, "zeros")
@@ -153,12 +227,12 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, "head_dim", cfg, rngs, stack)
             self.k_norm = RMSNorm(hd, "head_dim", cfg, rngs, stack)
+        _add_adapters(self, cfg, rngs, len(stack))
 
     def _project(self, x, name):
-        dtype = x.dtype
-        y = _dense(x, getattr(self, f"{name}_kernel")[...].astype(dtype))  # [B, L, N, Dh]
+        y = _linear(self, name, x)  # [B, L, N, Dh]
         if self.cfg.qkv_bias:
-            y = y + getattr(self, f"{name}_bias")[...].astype(dtype)
+            y = y + getattr(self, f"{name}_bias")[...].astype(x.dtype)
         return y
 
     def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
@@ -199,7 +273,7 @@ class Attention(nnx.Module):
         out = jnp.einsum("bkglm,bkmd->bkgld", probs, v)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, hd)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        return _dense(out, self.o_kernel[...].astype(x.dtype), n_in=2), new_cache
+        return _linear(self, "o", out, n_in=2), new_cache
 
 
 class MLP(nnx.Module):
@@ -214,14 +288,16 @@ class MLP(nnx.Module):
         self.gate_kernel = _param(rngs, (*stack, d, f), (*ly, "embed", "mlp"), cfg, "normal")
         self.up_kernel = _param(rngs, (*stack, d, f), (*ly, "embed", "mlp"), cfg, "normal")
         self.down_kernel = _param(rngs, (*stack, f, d), (*ly, "mlp", "embed"), cfg, "normal")
+        _add_adapters(self, cfg, rngs, len(stack))
 
     def __call__(self, x):
-        dtype = x.dtype
-        gate = _dense(x, self.gate_kernel[...].astype(dtype))
-        up = _dense(x, self.up_kernel[...].astype(dtype))
-        act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        gate = _linear(self, "gate", x)
+        up = _linear(self, "up", x)
+        act = (
+            jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        )
         hidden = constrain(act * up, ("batch", "length", "mlp"))
-        return _dense(hidden, self.down_kernel[...].astype(dtype))
+        return _linear(self, "down", hidden)
 
 
 class Block(nnx.Module):
@@ -251,7 +327,9 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg, "normal")
+        self.embedding = _param(
+            rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg, "normal"
+        )
         self.layers = Block(cfg, rngs, stack=(cfg.n_layers,))
         self.final_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs)
         if cfg.head not in ("lm", "scalar"):
@@ -260,7 +338,9 @@ class Transformer(nnx.Module):
             # Reward and value models: one score per token, read where the objective wants.
             self.score_head = _param(rngs, (cfg.d_model, 1), ("embed", None), cfg, "normal")
         elif not cfg.tie_embeddings:
-            self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg, "normal")
+            self.lm_head = _param(
+                rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg, "normal"
+            )
 
     def hidden_states(self, tokens_bl, positions_bl=None, segment_ids_bl=None) -> jax.Array:
         """Final-norm hidden states [B, L, D]: what scalar heads (reward, value) read."""
@@ -282,13 +362,21 @@ class Transformer(nnx.Module):
         """
         t, s = tokens_bt.shape[1], cache["k"].shape[2]
         query_slot = index + jnp.arange(t)
-        causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T, S]
+        key_slot = jnp.arange(s)
+        causal = key_slot[None, :] <= query_slot[:, None]  # [T, S]
         mask = (causal[None] & (kv_valid_bs[:, None, :] > 0))[:, None, None]
-        x, (k, v) = self._layers(tokens_bt, positions_bt, mask, (cache["k"], cache["v"], index))
+        x, (k, v) = self._layers(
+            tokens_bt, positions_bt, mask, (cache["k"], cache["v"], index), (query_slot, key_slot)
+        )
         return self.final_norm(x), {"k": k, "v": v}
 
-    def _layers(self, tokens_bl, positions_bl, mask, cache=None):
-        """Embedding and the scanned blocks (with the per-layer cache slices scanned along)."""
+    def _layers(self, tokens_bl, positions_bl, mask, cache=None, slots=None):
+        """Embedding and the scanned blocks (with the per-layer cache slices scanned along).
+
+        `slots` (query slots [L], key slots [S]) place queries and keys for sliding windows:
+        a key is in a query's window when their slot distance is below the window. Slots
+        default to token indices; within a packed document that is the position distance.
+        """
         cfg = self.cfg
         dtype = _dtype(cfg.dtype)
         # Gather from a table replicated over `vocab` (kept split over `embed`): a gather from
@@ -298,25 +386,30 @@ class Transformer(nnx.Module):
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         x = constrain(x, ("batch", "length", "embed"))
-        inv_freq = rope_inv_freq(cfg)
+        inv_freq_ld, window_l = layer_attention(cfg)
+        if slots is None:
+            slots = (jnp.arange(tokens_bl.shape[1]),) * 2
+        distance = slots[0][:, None] - slots[1][None, :]  # [L, S]
 
         graphdef, stacked = nnx.split(self.layers)
 
         def body(x, xs):
-            layer_state, layer_cache = xs
+            layer_state, layer_cache, inv_freq, window = xs
             if layer_cache is not None:
                 layer_cache = (*layer_cache, cache[2])
+            layer_mask = mask & (distance < window) if cfg.sliding_window else mask
             block = nnx.merge(graphdef, layer_state)
-            return block(x, positions_bl, mask, inv_freq, layer_cache)
+            return block(x, positions_bl, layer_mask, inv_freq, layer_cache)
 
         if cfg.remat != "none":
             if cfg.remat not in _REMAT_POLICIES:
                 raise ValueError(
-                    f"config.model.remat '{cfg.remat}' is not one of none, {', '.join(_REMAT_POLICIES)}"
+                    f"config.model.remat '{cfg.remat}' is not one of none, "
+                    f"{', '.join(_REMAT_POLICIES)}"
                 )
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
         layer_caches = None if cache is None else (cache[0], cache[1])
-        return jax.lax.scan(body, x, (stacked, layer_caches))
+        return jax.lax.scan(body, x, (stacked, layer_caches, inv_freq_ld, window_l))
 
     def logits(self, hidden_bld: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -347,8 +440,15 @@ def init_cache(cfg, batch: int, length: int, dtype=None) -> dict:
     return {name: constrain(jnp.zeros(shape, dtype), axes) for name in ("k", "v")}
 
 
-def count_params(cfg, *, include_embeddings: bool = True) -> int:
-    d, h, k, hd, f, n = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.n_layers
+def count_params(cfg, *, include_embeddings: bool = True, include_lora: bool = True) -> int:
+    d, h, k, hd, f, n = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.mlp_dim,
+        cfg.n_layers,
+    )
     per_layer = d * h * hd * 2 + d * k * hd * 2 + 3 * d * f + 2 * d
     per_layer += (h + 2 * k) * hd if cfg.qkv_bias else 0
     per_layer += 2 * hd if cfg.qk_norm else 0
@@ -358,7 +458,7 @@ def count_params(cfg, *, include_embeddings: bool = True) -> int:
         total += d + (cfg.vocab_size * d if include_embeddings else 0)
     elif include_embeddings:
         total += cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-    return total
+    return total + (count_adapter_params(cfg) if include_lora else 0)
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:
@@ -366,8 +466,10 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
 
     6 * (matmul parameters, the LM head included, the embedding lookup not) plus
     12 * layers * heads * head_dim * seq_len for the attention scores and values.
+    A LoRA run counts the same as a full fine-tune of its model (adapters left out, though it
+    skips the frozen kernels' weight gradients), so MFU compares tokens/s across the two.
     """
     head = cfg.vocab_size * cfg.d_model if cfg.head == "lm" else 0
-    matmul_params = count_params(cfg, include_embeddings=False) + head
+    matmul_params = count_params(cfg, include_embeddings=False, include_lora=False) + head
     attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
     return 6.0 * matmul_params + attention

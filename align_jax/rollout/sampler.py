@@ -68,6 +68,8 @@ def filter_logits(logits_bv: jax.Array, top_k: int, top_p) -> jax.Array:
     if top_k:
         kth = jax.lax.top_k(logits_bv, top_k)[0][:, -1:]
         logits_bv = jnp.where(logits_bv < kth, neg, logits_bv)
+    if top_p >= 1:  # no nucleus: skip the vocabulary sort, the costly part of a sampling step
+        return logits_bv
     sorted_logits = jnp.sort(logits_bv, axis=-1)[:, ::-1]
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     # Keep a token if the mass strictly before it is < top_p (the first one always stays).

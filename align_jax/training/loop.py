@@ -29,6 +29,8 @@ from align_jax.data import pretrain as pretrain_data
 from align_jax.data import sft as sft_data
 from align_jax.data import unpaired as unpaired_data
 from align_jax.data.tokenizer import Tokenizer
+from align_jax.interop import hf
+from align_jax.training import lora as lora_training
 from align_jax.training import metrics as metrics_lib
 from align_jax.training import step as step_lib
 from align_jax.training.optimizer import make_optimizer
@@ -134,6 +136,12 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     rules = tuple(tuple(r) for r in config.sharding.rules)
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
 
+    if config.init_from and hf.is_hf_dir(config.init_from):
+        # A Hugging Face checkpoint defines the architecture; the config keeps dtypes, remat.
+        hf_config = hf.read_hf_config(config.init_from)
+        with config.unlocked():
+            config.model = hf.model_config_from_hf(hf_config, config.init_from, like=config.model)
+        log.info("config.model from %s/config.json (%s)", config.init_from, hf_config["model_type"])
     tokenizer = Tokenizer.load(config.data.tokenizer)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise TrainingError(
@@ -144,6 +152,18 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     graphdef, param_shapes, param_axes = models.abstract_params(config.model)
     param_shardings = models.param_shardings(param_shapes, param_axes, mesh, rules)
     objective = objectives.build(config, graphdef)
+    lora_training.refuse_lora_run(config.init_from, "config.init_from")
+    lora_training.refuse_lora_run(
+        config.objective.reference_from, "config.objective.reference_from"
+    )
+    base = base_shapes = base_shardings = None
+    if models.lora_settings(config.model) is not None:
+        # Only adapters (and new heads) train and are checkpointed; the base travels in the
+        # step's `frozen` argument (align_jax/training/lora.py).
+        param_shapes, base_shapes = lora_training.split(param_shapes)
+        param_shardings, base_shardings = lora_training.split(param_shardings)
+        base = lora_training.load_base(config, base_shapes, base_shardings)
+        objective = lora_training.wrap_objective(objective, param_shapes)
     tx, schedule = make_optimizer(config.optimizer, config.total_steps)
     shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh)
 
@@ -157,11 +177,21 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             log.info("%s data: %s", split, data.count_stats(source))
     frozen, frozen_shardings, ref_tables = None, None, {}
     if objective.needs_reference:
+        ref_shapes, ref_shardings = (
+            (param_shapes, param_shardings) if base is None else (base_shapes, base_shardings)
+        )
         frozen, ref_tables = _reference(
             config, objective, data, tokenizer, mesh, rules, workdir,
-            param_shapes, param_shardings, {"train": train_source, "eval": eval_source},
+            ref_shapes, ref_shardings, {"train": train_source, "eval": eval_source}, base,
         )  # fmt: skip
-        frozen_shardings = param_shardings if frozen is not None else None
+        frozen_shardings = ref_shardings if frozen is not None else None
+    if base is not None:
+        separate = frozen is not None and frozen is not base
+        frozen = {"base": base, "reference": frozen if separate else None}
+        frozen_shardings = {
+            "base": base_shardings,
+            "reference": ref_shardings if separate else None,
+        }
     table_kwargs = lambda split: {"ref_table": ref_tables[split]} if ref_tables else {}  # noqa: E731
     train_iter = data.make_train_iterator(
         config.data, tokenizer, seed=config.seed, source=train_source, **table_kwargs("train")
@@ -185,8 +215,12 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             log.info("resumed from %s at step %d", checkpointer.directory, start)
         else:
             start = 0
-            _, params, _ = models.init_params(config.model, mesh, rules, config.seed)
-            if config.init_from:
+            if base is not None:
+                params = lora_training.init_trainable(config, param_shapes, param_shardings)
+                log.info("LoRA adapters over the frozen base from %s", config.init_from)
+            else:
+                _, params, _ = models.init_params(config.model, mesh, rules, config.seed)
+            if config.init_from and base is None:
                 params = ckpt.load_params(
                     config.init_from, param_shapes, param_shardings, fresh=params
                 )
@@ -198,7 +232,15 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                     log.info("checkpoint parameters not used: %s", ", ".join(unused))
             state = step_lib.init_state(tx, params, shardings)
         n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-        log.info("model: %.2fM parameters", n_params / 1e6)
+        if base is None:
+            log.info("model: %.2fM parameters", n_params / 1e6)
+        else:
+            n_total = n_params + sum(x.size for x in jax.tree.leaves(base))
+            log.info(
+                "model: %.2fM parameters, %.4fM (%.2f%%) of them trainable: LoRA %s",
+                n_total / 1e6, n_params / 1e6, 100 * n_params / n_total,
+                models.lora_settings(config.model),
+            )  # fmt: skip
 
         first = next(train_iter)
         batch_sharding = step_lib.batch_shardings(first, mesh, rules)
@@ -308,10 +350,14 @@ def evaluate(
 
 
 def _reference(
-    config, objective, data, tokenizer, mesh, rules, workdir, shapes, shardings, sources
-):
+    config, objective, data, tokenizer, mesh, rules, workdir, shapes, shardings, sources,
+    base=None,
+):  # fmt: skip
     """The frozen reference's parameters, or (precompute_ref_logps) per-example reference
-    log-probs of every train and eval record, computed once and cached in the workdir."""
+    log-probs of every train and eval record, computed once and cached in the workdir.
+
+    A LoRA run passes its loaded `base`: the reference is that base unless
+    `reference_from` names another model, which is then loaded (without adapters)."""
     path = config.objective.reference_from or config.init_from
     if not path:
         raise TrainingError(
@@ -319,7 +365,10 @@ def _reference(
             "(or config.objective.reference_from)"
         )
     with parallel.sharding_context(mesh, rules):
-        ref_params = ckpt.load_params(path, shapes, shardings)
+        if base is not None and os.path.abspath(path) == os.path.abspath(config.init_from):
+            ref_params = base
+        else:
+            ref_params = ckpt.load_params(path, shapes, shardings)
         log.info("reference model from %s", path)
         if not config.objective.precompute_ref_logps:
             return ref_params, {}

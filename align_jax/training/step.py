@@ -70,9 +70,7 @@ def init_state(tx, params, shardings: dict) -> dict:
 def batch_shardings(batch_shapes: dict, mesh, rules) -> dict:
     """Every batch field is [B, ...]: split B over the batch axes, replicate the rest."""
     return {
-        k: parallel.named_sharding(
-            ("batch",) + (None,) * (len(v.shape) - 1), v.shape, mesh, rules
-        )
+        k: parallel.named_sharding(("batch",) + (None,) * (len(v.shape) - 1), v.shape, mesh, rules)
         for k, v in batch_shapes.items()
     }
 

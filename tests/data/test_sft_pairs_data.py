@@ -149,7 +149,9 @@ def test_overlong_examples_truncated_or_dropped_and_counted(tok, tmp_path):
 def test_sft_bad_records(tok, tmp_path):
     cases = {
         '{"prompt": "a"}': r"b.jsonl:2: no 'completion' field \(fields: prompt\)",
-        '{"messages": [{"role": "bot", "content": "x"}]}': r"b.jsonl:2: messages\[0\] is .*expected",
+        '{"messages": [{"role": "bot", "content": "x"}]}': (
+            r"b.jsonl:2: messages\[0\] is .*expected"
+        ),
         '{"prompt": "a", "completion": 3}': r"b.jsonl:2: 'completion' is a int",
     }
     for line, pattern in cases.items():

@@ -100,7 +100,7 @@ def test_sharded_dpo_gradients_equal_single_device(devices):
         _, reference, _ = init_params(cfg.model, mesh, DEFAULT_RULES, 1)
         objective = objectives.build(cfg, graphdef)
         with parallel.sharding_context(mesh, DEFAULT_RULES):
-            g = jax.jit(jax.grad(lambda p, r, b: objective.loss_fn(p, r, b, None)[0]))(
+            g = jax.jit(jax.grad(lambda p, r, b, o=objective: o.loss_fn(p, r, b, None)[0]))(
                 policy, reference, batch
             )
         grads.append(jax.device_get(g))

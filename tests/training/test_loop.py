@@ -314,7 +314,8 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir, devices):
 def test_unknown_objective_and_loss_type_list_the_valid_ones(data_dir):
     graphdef, _, _ = models.abstract_params(tiny_config(data_dir).model)
     with pytest.raises(
-        ValueError, match=r"config.objective.name 'dpoo' is unknown; valid objectives: \[.*'pretrain'"
+        ValueError,
+        match=r"config.objective.name 'dpoo' is unknown; valid objectives: \[.*'pretrain'",
     ):
         objectives.build(tiny_config(data_dir, **{"objective.name": "dpoo"}), graphdef)
     with pytest.raises(ValueError, match=r"loss_type 'ce' is not valid .* \['cross_entropy'\]"):

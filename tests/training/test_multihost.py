@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from align_jax.data.tokenizer import train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,1 @@
+"""Interop with other ecosystems: Hugging Face checkpoints (`align_jax.interop.hf`)."""

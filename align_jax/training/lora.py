@@ -1,0 +1,113 @@
+"""LoRA training: adapters in the train state, the frozen base beside them.
+
+With `config.model.lora.rank > 0` the loop runs the usual train step with
+
+    state["params"] = adapters + new heads (`checkpoint.NEW_HEADS`): all the optimizer and
+                      the checkpoints ever hold
+    frozen          = {"base": the init_from parameters,
+                       "reference": a separate reference model's, or None}
+
+and the objective, wrapped by `wrap_objective`, still sees full parameter trees: the policy
+is base ∪ adapters, and the reference (objectives that have one) is the base with zero
+adapters, the same base arrays, so there is no second copy of the weights. Neither the
+objectives nor the step know about LoRA. The base is reloaded from `config.init_from` on
+every start, resume included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from align_jax import checkpoint as ckpt
+from align_jax.models import lora
+from align_jax.models.transformer import Transformer
+from align_jax.objectives import Objective
+
+
+def split(tree: dict) -> tuple[dict, dict]:
+    """(trainable: adapters and new heads, frozen base) of a tree keyed like the parameters."""
+    return lora.split(tree, trainable_heads=ckpt.NEW_HEADS)
+
+
+def load_base(config, shapes: dict, shardings: dict) -> dict:
+    """The frozen base: `config.init_from`, which a LoRA run requires (adapters over a random
+    base are almost always a forgotten flag, and the run could not be reloaded without it)."""
+    if not config.init_from:
+        raise ValueError(
+            "config.model.lora.rank > 0 trains adapters over a frozen base: set "
+            "config.init_from to the base model's run or checkpoint"
+        )
+    return ckpt.load_params(config.init_from, shapes, shardings)
+
+
+def refuse_lora_run(path: str, key: str) -> None:
+    """A LoRA run's checkpoints hold adapters only, so it cannot be read as a whole model by
+    `init_from` / `reference_from`: say so, rather than name a missing parameter."""
+    if not path:
+        return
+    run_dir = os.path.abspath(path)  # a workdir, its checkpoints/ folder, or a step folder
+    parent = os.path.dirname(run_dir)
+    if os.path.basename(parent) == "checkpoints":
+        run_dir = os.path.dirname(parent)
+    elif os.path.basename(run_dir) == "checkpoints":
+        run_dir = parent
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isdir(os.path.join(run_dir, "checkpoints")) or not os.path.exists(config_path):
+        return  # not a run directory (a Hugging Face directory, say)
+    with open(config_path) as f:
+        model = json.load(f).get("model", {})
+    if int(model.get("lora", {}).get("rank", 0)) > 0:
+        raise ValueError(
+            f"{key}: '{path}' is a LoRA run (its checkpoints hold adapters only); export it "
+            "merged with align_jax.interop.hf.export_checkpoint and point there"
+        )
+
+
+def init_trainable(config, shapes: dict, shardings: dict) -> dict:
+    """Fresh adapters (B = 0) and heads, the values `models.init_params` would draw for them
+    (jit drops the base's initialisers, whose outputs are unused). A head that
+    `config.init_from` already has (LoRA on a trained reward model) continues from it."""
+
+    def init():
+        state = nnx.state(Transformer(config.model, rngs=nnx.Rngs(config.seed)))
+        return split(nnx.to_pure_dict(state))[0]
+
+    params = jax.jit(init, out_shardings=shardings)()
+    heads = {k: shapes[k] for k in ckpt.NEW_HEADS if k in shapes}
+    if heads:
+        added = {name.split("/")[0] for name in ckpt.checkpoint_diff(config.init_from, heads)[0]}
+        kept = {k: v for k, v in heads.items() if k not in added}
+        if kept:
+            stored = ckpt.load_params(config.init_from, kept, {k: shardings[k] for k in kept})
+            params.update(stored)
+    return params
+
+
+def wrap_objective(objective: Objective, trainable_shapes: dict) -> Objective:
+    """The objective over (trainable, frozen = {"base", "reference"}) instead of full trees."""
+
+    def reference(ref_base):
+        # Zero adapters make every projection its kernel alone, exactly; a new head has no
+        # counterpart in the reference model and is zero too (no reference objective reads it).
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), trainable_shapes)
+        return lora.join(ref_base, zeros)
+
+    def loss_fn(trainable, frozen, batch, rng):
+        ref = None
+        if objective.needs_reference:
+            separate = frozen["reference"]
+            ref = reference(frozen["base"] if separate is None else separate)
+        return objective.loss_fn(lora.join(frozen["base"], trainable), ref, batch, rng)
+
+    ref_logps = objective.reference_logps_fn
+    return dataclasses.replace(
+        objective,
+        loss_fn=loss_fn,
+        reference_logps_fn=ref_logps and (lambda ref_base, b: ref_logps(reference(ref_base), b)),
+    )
