@@ -236,9 +236,10 @@ class Attention(nnx.Module):
         return y
 
     def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
-        """Attention over x's own keys, or (with `cache = (k [B,S,K,Dh], v, index)`) over the
-        cache after writing x's keys and values at slots [index, index + L). Returns
-        `(out, (k, v))`: the updated cache, or None without one."""
+        """Attention over x's own keys, or, with `cache = (k, v, layer, index)` (the whole
+        cache, [layers, B, K, S, Dh] each), over this layer's cache slots after writing x's
+        keys and values at slots [index, index + L). Returns `(out, (k, v))`: the updated
+        cache, or None without one."""
         cfg = self.cfg
         q = constrain(self._project(x, "q"), ("batch", "length", "heads", "head_dim"))
         k = constrain(self._project(x, "k"), ("batch", "length", "kv_heads", "head_dim"))
@@ -247,13 +248,21 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, positions_bl, inv_freq)
         k = apply_rope(k, positions_bl, inv_freq)
+        # Heads-major layout: keys and values [B, K, L, Dh] (see below).
+        k = k.transpose(0, 2, 1, 3)
+        v = v.transpose(0, 2, 1, 3)
         new_cache = None
         if cache is not None:
-            k_cache, v_cache, index = cache
-            k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, 1)
-            v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 1)
-            new_cache = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
+            # Only the new slots are written, in place in the scan's carry; the cache is kept
+            # heads-major so that reading a layer's slots needs no transpose. (Scanning the
+            # cache per layer as xs/ys, in the token-major layout, cost ~5 copies of the
+            # whole cache per decode step: tools/bench_sample.py --breakdown.)
+            k_all, v_all, layer, index = cache
+            at = (layer, 0, 0, index, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], at)
+            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], at)
+            new_cache = (k_all, v_all)
+            k, v = k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype)
         scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
         b, length, h, hd = q.shape
         kv = cfg.n_kv_heads
@@ -264,8 +273,6 @@ class Attention(nnx.Module):
         # needs to transpose an [L, L] score matrix; only these small per-token tensors move.
         q = q.reshape(b, length, kv, groups, hd) * jnp.asarray(scale, q.dtype)
         q = q.transpose(0, 2, 3, 1, 4)
-        k = k.transpose(0, 2, 1, 3)
-        v = v.transpose(0, 2, 1, 3)
         logits = jnp.einsum("bkgld,bkmd->bkglm", q, k).astype(jnp.float32)
         logits = _softcap(logits, cfg.attn_logit_softcap)
         logits = jnp.where(mask, logits, _MASK_VALUE)
@@ -360,18 +367,19 @@ class Transformer(nnx.Module):
         included; a query sees valid slots up to its own. Returns the final-norm hidden
         states [B, T, D] and the updated cache.
         """
-        t, s = tokens_bt.shape[1], cache["k"].shape[2]
+        t, s = tokens_bt.shape[1], cache["k"].shape[3]
         query_slot = index + jnp.arange(t)
         key_slot = jnp.arange(s)
         causal = key_slot[None, :] <= query_slot[:, None]  # [T, S]
         mask = (causal[None] & (kv_valid_bs[:, None, :] > 0))[:, None, None]
         x, (k, v) = self._layers(
             tokens_bt, positions_bt, mask, (cache["k"], cache["v"], index), (query_slot, key_slot)
-        )
+        )  # fmt: skip
         return self.final_norm(x), {"k": k, "v": v}
 
     def _layers(self, tokens_bl, positions_bl, mask, cache=None, slots=None):
-        """Embedding and the scanned blocks (with the per-layer cache slices scanned along).
+        """Embedding and the scanned blocks; with `cache = (k, v, index)` the whole cache rides
+        in the scan's carry and each layer updates its own slots. Returns (x, cache or None).
 
         `slots` (query slots [L], key slots [S]) place queries and keys for sliding windows:
         a key is in a query's window when their slot distance is below the window. Slots
@@ -393,13 +401,13 @@ class Transformer(nnx.Module):
 
         graphdef, stacked = nnx.split(self.layers)
 
-        def body(x, xs):
-            layer_state, layer_cache, inv_freq, window = xs
-            if layer_cache is not None:
-                layer_cache = (*layer_cache, cache[2])
+        def body(carry, xs):
+            x, kv = carry
+            layer_state, inv_freq, window, layer = xs
+            layer_cache = None if kv is None else (*kv, layer, cache[2])
             layer_mask = mask & (distance < window) if cfg.sliding_window else mask
             block = nnx.merge(graphdef, layer_state)
-            return block(x, positions_bl, layer_mask, inv_freq, layer_cache)
+            return block(x, positions_bl, layer_mask, inv_freq, layer_cache), None
 
         if cfg.remat != "none":
             if cfg.remat not in _REMAT_POLICIES:
@@ -408,8 +416,9 @@ class Transformer(nnx.Module):
                     f"{', '.join(_REMAT_POLICIES)}"
                 )
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        layer_caches = None if cache is None else (cache[0], cache[1])
-        return jax.lax.scan(body, x, (stacked, layer_caches, inv_freq_ld, window_l))
+        kv = None if cache is None else (cache[0], cache[1])
+        layers = jnp.arange(cfg.n_layers)
+        return jax.lax.scan(body, (x, kv), (stacked, inv_freq_ld, window_l, layers))[0]
 
     def logits(self, hidden_bld: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -433,10 +442,10 @@ class Transformer(nnx.Module):
 
 
 def init_cache(cfg, batch: int, length: int, dtype=None) -> dict:
-    """An empty KV cache: {"k", "v"} of [layers, B, S, kv_heads, head_dim]."""
-    shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+    """An empty KV cache: {"k", "v"} of [layers, B, kv_heads, S, head_dim] (heads-major)."""
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim)
     dtype = dtype or _dtype(cfg.dtype)
-    axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+    axes = ("layers", "batch", "kv_heads", "length", "head_dim")
     return {name: constrain(jnp.zeros(shape, dtype), axes) for name in ("k", "v")}
 
 
