@@ -13,6 +13,7 @@ refused save never leaves a half-written "latest" checkpoint behind.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -112,7 +113,12 @@ NEW_HEADS = ("score_head",)
 
 
 def load_params(
-    path: str, param_shapes: dict, param_shardings: dict, *, fresh: dict | None = None
+    path: str,
+    param_shapes: dict,
+    param_shardings: dict,
+    *,
+    fresh: dict | None = None,
+    merge_lora_runs: bool = True,
 ) -> dict:
     """Parameters of an earlier stage's checkpoint, placed in this run's shardings.
 
@@ -121,17 +127,24 @@ def load_params(
     The exception is a new head (`NEW_HEADS`, e.g. a reward model's score head on an SFT
     backbone): with `fresh` (newly initialised parameters) given, those come from `fresh`.
     `checkpoint_diff` says what was added and what went unused, for the log. `path` may
-    also be a Hugging Face directory (align_jax.interop.hf reads it).
+    also be a Hugging Face directory (align_jax.interop.hf reads it), or a LoRA run, whose
+    adapters are merged into its base (`load_run`), so a LoRA stage hands off like any other;
+    `merge_lora_runs=False` reads such a checkpoint as stored (its adapters and heads).
     """
     from align_jax.interop import hf
 
     if hf.is_hf_dir(path):
         return hf.load_params(path, param_shapes, param_shardings, fresh=fresh)
-    state_dir = _resolve_state_dir(path)
-    tree = _stored_tree(state_dir)
-    if not isinstance(tree, dict) or "params" not in tree:
-        raise CheckpointError(f"config.init_from: '{state_dir}' holds no 'params'")
-    stored = _flatten(dict(tree["params"]))
+    merged = None
+    if merge_lora_runs and (run := _lora_run(path)) is not None:
+        merged = load_run(run[0], step=run[1])[2]
+        state_dir, stored = f"{run[0]} (adapters merged into its base)", _flatten(merged)
+    else:
+        state_dir = _resolve_state_dir(path)
+        tree = _stored_tree(state_dir)
+        if not isinstance(tree, dict) or "params" not in tree:
+            raise CheckpointError(f"config.init_from: '{state_dir}' holds no 'params'")
+        stored = _flatten(dict(tree["params"]))
     wanted = _flatten(param_shapes)
     new = {k for k in wanted if k not in stored and k[0] in NEW_HEADS and fresh is not None}
     for key, shape in wanted.items():
@@ -150,16 +163,19 @@ def load_params(
             )
     target_shapes = {k: v for k, v in param_shapes.items() if k not in NEW_HEADS or not new}
     target_shardings = {k: param_shardings[k] for k in target_shapes}
-    target = {"params": abstract_like(target_shapes, target_shardings)}
-    restored = ocp.PyTreeCheckpointer().restore(
-        state_dir,
-        args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,
-        ),
-    )
-    params = dict(restored["params"])
+    if merged is not None:
+        params = jax.device_put({k: merged[k] for k in target_shapes}, target_shardings)
+    else:
+        target = {"params": abstract_like(target_shapes, target_shardings)}
+        restored = ocp.PyTreeCheckpointer().restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+        )
+        params = dict(restored["params"])
     for head in {k[0] for k in new}:
         params[head] = fresh[head]
     return params
@@ -171,7 +187,14 @@ def checkpoint_diff(path: str, param_shapes: dict) -> tuple[list[str], list[str]
 
     if hf.is_hf_dir(path):
         return hf.checkpoint_diff(path, param_shapes)
-    stored = _flatten(dict(_stored_tree(_resolve_state_dir(path))["params"]))
+    if (run := _lora_run(path)) is not None:
+        from align_jax import models
+
+        model_cfg = _run_config(run[0]).model
+        model_cfg.lora.rank = 0  # what load_params hands over: the merged model
+        stored = _flatten(models.abstract_params(model_cfg)[1])
+    else:
+        stored = _flatten(dict(_stored_tree(_resolve_state_dir(path))["params"]))
     wanted = _flatten(param_shapes)
     return (
         sorted("/".join(k) for k in wanted if k not in stored),
@@ -193,20 +216,10 @@ def load_run(workdir: str, *, step: int | None = None, mesh=None):
     run's adapters are merged into its base (its `init_from`): the result is a plain model
     (`config.model.lora.rank` 0), ready to sample, score or export.
     """
-    import json
-
-    import ml_collections
-
     from align_jax import models, parallel
     from align_jax.models import lora
 
-    try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except OSError as e:
-        raise CheckpointError(
-            f"{workdir}/config.json: cannot read ({e.strerror}); expected a run directory"
-        ) from None
+    config = _run_config(workdir)
     mesh = mesh or parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     rules = tuple(tuple(r) for r in config.sharding.rules)
     graphdef, shapes, axes = models.abstract_params(config.model)
@@ -219,8 +232,42 @@ def load_run(workdir: str, *, step: int | None = None, mesh=None):
         lora.split(tree, trainable_heads=NEW_HEADS) for tree in (shapes, shardings)
     )
     params = lora.join(
-        load_params(config.init_from, base, base_sh), load_params(path, trainable, trainable_sh)
+        load_params(config.init_from, base, base_sh),
+        load_params(path, trainable, trainable_sh, merge_lora_runs=False),
     )
     params = lora.merge_lora(params, config.model)
     config.model.lora.rank = 0
     return config, models.abstract_params(config.model)[0], params, mesh
+
+
+def _run_config(workdir: str):
+    import json
+
+    import ml_collections
+
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except OSError as e:
+        raise CheckpointError(
+            f"{workdir}/config.json: cannot read ({e.strerror}); expected a run directory"
+        ) from None
+
+
+def _lora_run(path: str) -> tuple[str, int | None] | None:
+    """(run directory, step or None) when `path` — a workdir, its checkpoints/ folder or one
+    step's folder — belongs to a LoRA run, whose checkpoints hold adapters only."""
+    run, step = os.path.abspath(path), None
+    parent = os.path.dirname(run)
+    if os.path.basename(parent) == "checkpoints" and os.path.basename(run).isdigit():
+        run, step = os.path.dirname(parent), int(os.path.basename(run))
+    elif os.path.basename(run) == "checkpoints":
+        run = parent
+    if not os.path.isdir(os.path.join(run, "checkpoints")):
+        return None
+    try:
+        with open(os.path.join(run, "config.json")) as f:
+            rank = json.load(f).get("model", {}).get("lora", {}).get("rank", 0)
+    except (OSError, ValueError):
+        return None
+    return (run, step) if int(rank) > 0 else None

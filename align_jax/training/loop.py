@@ -152,10 +152,6 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     graphdef, param_shapes, param_axes = models.abstract_params(config.model)
     param_shardings = models.param_shardings(param_shapes, param_axes, mesh, rules)
     objective = objectives.build(config, graphdef)
-    lora_training.refuse_lora_run(config.init_from, "config.init_from")
-    lora_training.refuse_lora_run(
-        config.objective.reference_from, "config.objective.reference_from"
-    )
     base = base_shapes = base_shardings = None
     if models.lora_settings(config.model) is not None:
         # Only adapters (and new heads) train and are checkpointed; the base travels in the

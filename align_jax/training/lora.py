@@ -17,8 +17,6 @@ every start, resume included.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -44,29 +42,6 @@ def load_base(config, shapes: dict, shardings: dict) -> dict:
             "config.init_from to the base model's run or checkpoint"
         )
     return ckpt.load_params(config.init_from, shapes, shardings)
-
-
-def refuse_lora_run(path: str, key: str) -> None:
-    """A LoRA run's checkpoints hold adapters only, so it cannot be read as a whole model by
-    `init_from` / `reference_from`: say so, rather than name a missing parameter."""
-    if not path:
-        return
-    run_dir = os.path.abspath(path)  # a workdir, its checkpoints/ folder, or a step folder
-    parent = os.path.dirname(run_dir)
-    if os.path.basename(parent) == "checkpoints":
-        run_dir = os.path.dirname(parent)
-    elif os.path.basename(run_dir) == "checkpoints":
-        run_dir = parent
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isdir(os.path.join(run_dir, "checkpoints")) or not os.path.exists(config_path):
-        return  # not a run directory (a Hugging Face directory, say)
-    with open(config_path) as f:
-        model = json.load(f).get("model", {})
-    if int(model.get("lora", {}).get("rank", 0)) > 0:
-        raise ValueError(
-            f"{key}: '{path}' is a LoRA run (its checkpoints hold adapters only); export it "
-            "merged with align_jax.interop.hf.export_checkpoint and point there"
-        )
 
 
 def init_trainable(config, shapes: dict, shardings: dict) -> dict:

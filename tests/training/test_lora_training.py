@@ -179,7 +179,7 @@ def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
     lora_graphdef, shapes, axes = abstract_params(cfg(20).model)
     t_shapes, _ = lora_training.split(shapes)
     t_sh, _ = lora_training.split(param_shardings(shapes, axes, run_mesh, DEFAULT_RULES))
-    adapters = ckpt.load_params(str(full), t_shapes, t_sh)
+    adapters = ckpt.load_params(str(full), t_shapes, t_sh, merge_lora_runs=False)
     tokens = pair_batch(length=16)["chosen_tokens"]
     np.testing.assert_allclose(
         apply_model(graphdef, merged, tokens),
@@ -200,9 +200,18 @@ def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
     assert records(pre)[0]["loss"] == pytest.approx(first["loss"], abs=1e-6)
     assert os.path.exists(pre / "ref_logps_train.npy")
 
-    # A LoRA run is not a whole model to start from, and LoRA needs a base: both say so.
-    with pytest.raises(ValueError, match="config.init_from: .* is a LoRA run"):
-        loop.train(config("dpo/tiny.py", data, init_from=str(full)), str(tmp_path / "chain"))
+    # A LoRA run hands off like any stage: init_from reads it as the merged model.
+    plain_shapes, plain_axes = abstract_params(run_cfg.model)[1:]
+    plain_sh = param_shardings(plain_shapes, plain_axes, run_mesh, DEFAULT_RULES)
+    handed = ckpt.load_params(str(full), plain_shapes, plain_sh)
+    for path, value in ckpt._flatten(merged).items():
+        np.testing.assert_array_equal(ckpt._flatten(handed)[path], value, err_msg=str(path))
+    assert ckpt.checkpoint_diff(str(full), plain_shapes) == ([], [])
+    chain = tmp_path / "chain"
+    loop.train(config("dpo/tiny.py", data, init_from=str(full), total_steps=1), str(chain))
+    assert records(chain)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+    # LoRA needs a base: it says so.
     no_base = cfg(2)
     no_base.init_from = ""
     with pytest.raises(ValueError, match="set config.init_from"):
