@@ -203,9 +203,10 @@ def checkpoint_diff(path: str, param_shapes: dict) -> tuple[list[str], list[str]
 
 
 def _stored_tree(state_dir) -> dict:
-    meta = ocp.StandardCheckpointer().metadata(state_dir)
-    tree = getattr(meta, "item_metadata", meta)
-    return getattr(tree, "tree", tree)
+    # The item's own handler reads its metadata; a Checkpointer would look for the step-level
+    # metadata file inside the item's folder and warn on every stage handoff.
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
+    return getattr(meta, "tree", meta)
 
 
 def load_run(workdir: str, *, step: int | None = None, mesh=None):

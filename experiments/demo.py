@@ -6,7 +6,8 @@ It writes a small synthetic corpus and tasks (experiments/tiny_corpus.py, tiny_t
 trains a sentencepiece tokenizer, then runs the stages through the real CLI
 (`python -m align_jax.train`), each starting from the previous stage's checkpoint:
 pretrain -> SFT -> reward model, and DPO from the SFT model; then it samples answers from
-the DPO policy and scores them with the reward model. PPO and GRPO join here as they land.
+the DPO policy, scores them with the reward model, and exports the policy as a Hugging
+Face checkpoint. PPO and GRPO join here as they land.
 Running it again resumes (and finishes) the stages in the same workdir.
 """
 
@@ -67,6 +68,24 @@ def generate(policy_dir: str, reward_dir: str, question: str) -> list[dict]:
         cmd, cwd=REPO, input=question + "\n", capture_output=True, text=True, check=True
     )
     return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def export_hf(policy_dir: str, hf_dir: str) -> float:
+    """Exports the policy as a Hugging Face checkpoint, reads it back with `load_hf`, and
+    returns the largest logit difference from the run's own model (0 up to float rounding)."""
+    import numpy as np
+
+    from align_jax.checkpoint import load_run
+    from align_jax.interop.hf import load_hf
+    from align_jax.models import apply_model
+
+    cmd = [sys.executable, "-m", "align_jax.interop.hf", "export", policy_dir, hf_dir]
+    print(f"\n== export: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+    _, graphdef, params, _ = load_run(policy_dir)
+    tokens = np.arange(1, 33, dtype=np.int32)[None]
+    ours = np.asarray(apply_model(graphdef, params, tokens))
+    return float(np.abs(np.asarray(load_hf(hf_dir)(tokens)) - ours).max())
 
 
 def main() -> None:
@@ -136,9 +155,15 @@ def main() -> None:
     samples = generate(runs["dpo"], runs["reward"], question)
     for s in samples:
         print(f"dpo sample: {question!r} -> {s['completion']!r} (reward {s['score']:+.3f})")
+    hf_dir = os.path.join(args.workdir, "dpo_hf")
+    diff = export_hf(runs["dpo"], hf_dir)
+    print(
+        f"dpo policy as a Hugging Face checkpoint: {hf_dir} (reloaded logits differ by {diff:.1e})"
+    )
     print(
         f"outputs: {args.workdir}/{{pretrain,sft,reward,dpo}} "
-        "(config.json, metrics.jsonl, tensorboard/, checkpoints/)"
+        "(config.json, metrics.jsonl, tensorboard/, checkpoints/), "
+        f"{hf_dir} (safetensors + config.json for transformers)"
     )
 
 
