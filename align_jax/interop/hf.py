@@ -495,7 +495,8 @@ def load_hf(hf_dir: str, *, param_dtype: str | None = None, dtype: str = "float3
 
     from align_jax.config import model_config
 
-    stored = read_hf_config(hf_dir).get("torch_dtype") or read_hf_config(hf_dir).get("dtype")
+    hf = read_hf_config(hf_dir)
+    stored = hf.get("torch_dtype") or hf.get("dtype")
     like = model_config(
         param_dtype=param_dtype
         or (stored if stored in ("float32", "bfloat16", "float16") else "float32"),
