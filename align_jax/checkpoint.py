@@ -255,15 +255,20 @@ def _run_config(workdir: str):
         ) from None
 
 
-def _lora_run(path: str) -> tuple[str, int | None] | None:
-    """(run directory, step or None) when `path` — a workdir, its checkpoints/ folder or one
-    step's folder — belongs to a LoRA run, whose checkpoints hold adapters only."""
+def run_and_step(path: str) -> tuple[str, int | None]:
+    """(run directory, step or None) of a workdir, its checkpoints/ folder or one step's folder."""
     run, step = os.path.abspath(path), None
     parent = os.path.dirname(run)
     if os.path.basename(parent) == "checkpoints" and os.path.basename(run).isdigit():
         run, step = os.path.dirname(parent), int(os.path.basename(run))
     elif os.path.basename(run) == "checkpoints":
         run = parent
+    return run, step
+
+
+def _lora_run(path: str) -> tuple[str, int | None] | None:
+    """`run_and_step(path)` when it belongs to a LoRA run, whose checkpoints hold adapters only."""
+    run, step = run_and_step(path)
     if not os.path.isdir(os.path.join(run, "checkpoints")):
         return None
     try:

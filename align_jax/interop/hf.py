@@ -31,7 +31,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from align_jax.checkpoint import _flatten
 from align_jax.interop.safetensors import Checkpoint, SafetensorsError, write_checkpoint
+from align_jax.models.build import _nested
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -382,20 +384,6 @@ def _to_hf(x: np.ndarray, kind) -> np.ndarray:
     return x.reshape(math.prod(x.shape[:kind]), -1).T
 
 
-def _flat(tree, prefix=()):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flat(v, (*prefix, str(k)))
-    else:
-        yield prefix, tree
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
 def load_params(
     hf_dir: str, param_shapes: dict, param_shardings: dict, *, fresh: dict | None = None
 ):
@@ -409,10 +397,10 @@ def load_params(
     except SafetensorsError as e:
         raise InteropError(str(e)) from None
     tensors = _tensor_map(cfg, hf["model_type"])
-    fresh_values = dict(_flat(fresh)) if fresh is not None else {}
-    shardings = dict(_flat(param_shardings))
-    params: dict = {}
-    for path, shape_struct in _flat(param_shapes):
+    fresh_values = _flatten(fresh) if fresh is not None else {}
+    shardings = _flatten(param_shardings)
+    params: dict = {}  # flat, keyed by path
+    for path, shape_struct in _flatten(param_shapes).items():
         shape = tuple(shape_struct.shape)
         name = "/".join(path)
         if path not in tensors:
@@ -421,7 +409,7 @@ def load_params(
                 raise InteropError(
                     f"{hf_dir}: parameter '{name}' {shape} has no Hugging Face tensor"
                 )
-            _set(params, path, fresh_value)
+            params[path] = fresh_value
             continue
         template, kind = tensors[path]
         stacked = path[0] == "layers"
@@ -454,8 +442,8 @@ def load_params(
             layers = range(*index[0].indices(shape[0]))
             return np.stack([one(layer)[index[1:]] for layer in layers])
 
-        _set(params, path, jax.make_array_from_callback(shape, shardings[path], block))
-    return params
+        params[path] = jax.make_array_from_callback(shape, shardings[path], block)
+    return _nested(params)
 
 
 def checkpoint_diff(hf_dir: str, param_shapes: dict) -> tuple[list[str], list[str]]:
@@ -463,7 +451,7 @@ def checkpoint_diff(hf_dir: str, param_shapes: dict) -> tuple[list[str], list[st
     hf = read_hf_config(hf_dir)
     tensors = _tensor_map(model_config_from_hf(hf), hf["model_type"])
     added, used = [], set()
-    for path, shape in _flat(param_shapes):
+    for path, shape in _flatten(param_shapes).items():
         if path not in tensors:
             added.append("/".join(path))
             continue
@@ -553,10 +541,7 @@ def export_checkpoint(
     from align_jax import checkpoint as ckpt
     from align_jax.models.transformer import _dtype
 
-    step = None
-    parent = os.path.dirname(os.path.abspath(ckpt_dir))
-    if os.path.basename(parent) == "checkpoints" and os.path.basename(ckpt_dir).isdigit():
-        step, ckpt_dir = int(os.path.basename(ckpt_dir)), os.path.dirname(parent)
+    ckpt_dir, step = ckpt.run_and_step(ckpt_dir)
     config, _, params, _ = ckpt.load_run(ckpt_dir, step=step)
     cfg = config.model
     if cfg.head != "lm":
@@ -575,7 +560,7 @@ def export_checkpoint(
         special = {k: (v if v is not None and v >= 0 else None) for k, v in special.items()}
     hf = hf_config_from_model(cfg, dtype=dtype, special_ids=special)
     tensors = _tensor_map(cfg, hf["model_type"])
-    flat = dict(_flat(params))
+    flat = _flatten(params)
 
     def arrays():
         for path, (template, kind) in tensors.items():
