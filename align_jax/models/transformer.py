@@ -236,8 +236,8 @@ class Attention(nnx.Module):
         return y
 
     def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
-        """Attention over x's own keys, or, with `cache = (k, v, layer, index)` (the whole
-        cache, [layers, B, K, S, Dh] each), over this layer's cache slots after writing x's
+        """Attention over x's own keys, or, with `cache = (k, v, index)` (this layer's cache:
+        keys [B, K, Dh, S], values [B, K, S, Dh]), over the cache's slots after writing x's
         keys and values at slots [index, index + L). Returns `(out, (k, v))`: the updated
         cache, or None without one."""
         cfg = self.cfg
@@ -248,21 +248,25 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, positions_bl, inv_freq)
         k = apply_rope(k, positions_bl, inv_freq)
-        # Heads-major layout: keys and values [B, K, L, Dh] (see below).
-        k = k.transpose(0, 2, 1, 3)
+        # Heads-major layout: values [B, K, L, Dh], keys [B, K, L, Dh] or, in a cache,
+        # [B, K, Dh, S] (slots last; see below).
         v = v.transpose(0, 2, 1, 3)
         new_cache = None
-        if cache is not None:
-            # Only the new slots are written, in place in the scan's carry; the cache is kept
-            # heads-major so that reading a layer's slots needs no transpose. (Scanning the
-            # cache per layer as xs/ys, in the token-major layout, cost ~5 copies of the
-            # whole cache per decode step: tools/bench_sample.py --breakdown.)
-            k_all, v_all, layer, index = cache
-            at = (layer, 0, 0, index, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], at)
-            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], at)
-            new_cache = (k_all, v_all)
-            k, v = k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype)
+        if cache is None:
+            k = k.transpose(0, 2, 1, 3)
+            scores = "bkgld,bkmd->bkglm"
+        else:
+            # Only the new slots are written, in place. Cached keys are kept slots-last, so a
+            # decode step's query-key product is a plain [G, Dh] @ [Dh, S] matmul per (row, KV
+            # head); with [S, Dh] keys the same product ran ~2x slower on XLA:CPU
+            # (tools/bench_sample.py). Values stay [S, Dh]: probs [G, S] @ values [S, Dh].
+            k_cache, v_cache, index = cache
+            k_new = k.transpose(0, 2, 3, 1).astype(k_cache.dtype)
+            k = jax.lax.dynamic_update_slice(k_cache, k_new, (0, 0, 0, index))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+            new_cache = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+            scores = "bkgld,bkdm->bkglm"
         scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
         b, length, h, hd = q.shape
         kv = cfg.n_kv_heads
@@ -273,7 +277,7 @@ class Attention(nnx.Module):
         # needs to transpose an [L, L] score matrix; only these small per-token tensors move.
         q = q.reshape(b, length, kv, groups, hd) * jnp.asarray(scale, q.dtype)
         q = q.transpose(0, 2, 3, 1, 4)
-        logits = jnp.einsum("bkgld,bkmd->bkglm", q, k).astype(jnp.float32)
+        logits = jnp.einsum(scores, q, k).astype(jnp.float32)
         logits = _softcap(logits, cfg.attn_logit_softcap)
         logits = jnp.where(mask, logits, _MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -355,36 +359,55 @@ class Transformer(nnx.Module):
             positions_bl = jnp.broadcast_to(jnp.arange(tokens_bl.shape[1]), tokens_bl.shape)
         if segment_ids_bl is None:
             segment_ids_bl = jnp.ones_like(tokens_bl)
-        x, _ = self._layers(tokens_bl, positions_bl, attention_mask(segment_ids_bl))
+        x = self._layers(tokens_bl, positions_bl, attention_mask(segment_ids_bl))
         return self.final_norm(x)
 
-    def extend(self, tokens_bt, positions_bt, kv_valid_bs, cache: dict, index):
+    def layer_blocks(self) -> list[Block]:
+        """The stacked blocks as one `Block` per layer, their parameters sliced out once.
+
+        `extend` runs its layers unrolled over these: in the sampler's decode loop, the
+        scanned form re-sliced every layer's weights and cache each step, and the unrolled
+        one ran a llama25m decode step in ~6.2 instead of ~8 ms (tools/bench_sample.py).
+        """
+        graphdef, stacked = nnx.split(self.layers)
+        return [
+            nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
+            for i in range(self.cfg.n_layers)
+        ]
+
+    def extend(self, tokens_bt, positions_bt, kv_valid_bs, cache: list, index, blocks=None):
         """Runs T new tokens against a KV cache: the sampler's prefill (T = prompt length)
         and decode (T = 1) step.
 
         The new tokens take cache slots [index, index + T). `kv_valid_bs` [B, S] marks the
         slots that hold real tokens (left padding of short prompts is 0), the new ones
-        included; a query sees valid slots up to its own. Returns the final-norm hidden
-        states [B, T, D] and the updated cache.
+        included; a query sees valid slots up to its own. `cache` is `init_cache`'s list
+        of per-layer {"k", "v"}; `blocks`, from `layer_blocks()`, lets a decode loop slice
+        the layers once (computed here when None). Returns the final-norm hidden states
+        [B, T, D] and the updated cache.
+
+        Layers run unrolled (compile time grows with depth here, unlike the scanned
+        training forward): decoding is bound by reading weights and cache, not by compiling.
         """
-        t, s = tokens_bt.shape[1], cache["k"].shape[3]
+        cfg = self.cfg
+        t, s = tokens_bt.shape[1], cache[0]["v"].shape[2]
         query_slot = index + jnp.arange(t)
         key_slot = jnp.arange(s)
         causal = key_slot[None, :] <= query_slot[:, None]  # [T, S]
         mask = (causal[None] & (kv_valid_bs[:, None, :] > 0))[:, None, None]
-        x, (k, v) = self._layers(
-            tokens_bt, positions_bt, mask, (cache["k"], cache["v"], index), (query_slot, key_slot)
-        )  # fmt: skip
-        return self.final_norm(x), {"k": k, "v": v}
+        distance = query_slot[:, None] - key_slot[None, :]  # [T, S]
+        inv_freq_ld, window_l = layer_attention(cfg)
+        blocks = self.layer_blocks() if blocks is None else blocks
+        x = self._embed(tokens_bt)
+        new_cache = []
+        for layer, block in enumerate(blocks):
+            layer_mask = mask & (distance < window_l[layer]) if cfg.sliding_window else mask
+            layer_cache = (cache[layer]["k"], cache[layer]["v"], index)
+            x, (k, v) = block(x, positions_bt, layer_mask, inv_freq_ld[layer], layer_cache)
+            new_cache.append({"k": k, "v": v})
+        return self.final_norm(x), new_cache
 
-    def _layers(self, tokens_bl, positions_bl, mask, cache=None, slots=None):
-        """Embedding and the scanned blocks; with `cache = (k, v, index)` the whole cache rides
-        in the scan's carry and each layer updates its own slots. Returns (x, cache or None).
-
-        `slots` (query slots [L], key slots [S]) place queries and keys for sliding windows:
-        a key is in a query's window when their slot distance is below the window. Slots
-        default to token indices; within a packed document that is the position distance.
-        """
+    def _embed(self, tokens_bl):
         cfg = self.cfg
         dtype = _dtype(cfg.dtype)
         # Gather from a table replicated over `vocab` (kept split over `embed`): a gather from
@@ -393,21 +416,27 @@ class Transformer(nnx.Module):
         x = jnp.take(table, tokens_bl, axis=0).astype(dtype)
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
-        x = constrain(x, ("batch", "length", "embed"))
+        return constrain(x, ("batch", "length", "embed"))
+
+    def _layers(self, tokens_bl, positions_bl, mask):
+        """Embedding and the scanned blocks: the residual stream [B, L, D].
+
+        A key is in a sliding-window layer's window when its distance from the query, in
+        token indices (the position distance within a packed document), is below the window.
+        """
+        cfg = self.cfg
+        x = self._embed(tokens_bl)
         inv_freq_ld, window_l = layer_attention(cfg)
-        if slots is None:
-            slots = (jnp.arange(tokens_bl.shape[1]),) * 2
-        distance = slots[0][:, None] - slots[1][None, :]  # [L, S]
+        slots = jnp.arange(tokens_bl.shape[1])
+        distance = slots[:, None] - slots[None, :]  # [L, L]
 
         graphdef, stacked = nnx.split(self.layers)
 
-        def body(carry, xs):
-            x, kv = carry
-            layer_state, inv_freq, window, layer = xs
-            layer_cache = None if kv is None else (*kv, layer, cache[2])
+        def body(x, xs):
+            layer_state, inv_freq, window = xs
             layer_mask = mask & (distance < window) if cfg.sliding_window else mask
             block = nnx.merge(graphdef, layer_state)
-            return block(x, positions_bl, layer_mask, inv_freq, layer_cache), None
+            return block(x, positions_bl, layer_mask, inv_freq)  # (x, no cache)
 
         if cfg.remat != "none":
             if cfg.remat not in _REMAT_POLICIES:
@@ -416,9 +445,7 @@ class Transformer(nnx.Module):
                     f"{', '.join(_REMAT_POLICIES)}"
                 )
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        kv = None if cache is None else (cache[0], cache[1])
-        layers = jnp.arange(cfg.n_layers)
-        return jax.lax.scan(body, (x, kv), (stacked, inv_freq_ld, window_l, layers))[0]
+        return jax.lax.scan(body, x, (stacked, inv_freq_ld, window_l))[0]
 
     def logits(self, hidden_bld: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -441,12 +468,22 @@ class Transformer(nnx.Module):
         return self.scores(hidden) if self.cfg.head == "scalar" else self.logits(hidden)
 
 
-def init_cache(cfg, batch: int, length: int, dtype=None) -> dict:
-    """An empty KV cache: {"k", "v"} of [layers, B, kv_heads, S, head_dim] (heads-major)."""
-    shape = (cfg.n_layers, batch, cfg.n_kv_heads, length, cfg.head_dim)
+def init_cache(cfg, batch: int, length: int, dtype=None) -> list[dict]:
+    """An empty KV cache of `length` slots, one {"k", "v"} per layer: keys
+    [B, kv_heads, head_dim, S] (slots last) and values [B, kv_heads, S, head_dim]."""
     dtype = dtype or _dtype(cfg.dtype)
-    axes = ("layers", "batch", "kv_heads", "length", "head_dim")
-    return {name: constrain(jnp.zeros(shape, dtype), axes) for name in ("k", "v")}
+    kv, hd = cfg.n_kv_heads, cfg.head_dim
+
+    def zeros(shape, axes):
+        return constrain(jnp.zeros(shape, dtype), axes)
+
+    return [
+        {
+            "k": zeros((batch, kv, hd, length), ("batch", "kv_heads", "head_dim", "length")),
+            "v": zeros((batch, kv, length, hd), ("batch", "kv_heads", "length", "head_dim")),
+        }
+        for _ in range(cfg.n_layers)
+    ]
 
 
 def count_params(cfg, *, include_embeddings: bool = True, include_lora: bool = True) -> int:

@@ -6,6 +6,14 @@ from align_jax.rollout.sampler import (
     filter_logits,
     left_pad,
     reshard_params,
+    sample_categorical,
 )
 
-__all__ = ["Sampler", "SamplingParams", "filter_logits", "left_pad", "reshard_params"]
+__all__ = [
+    "Sampler",
+    "SamplingParams",
+    "filter_logits",
+    "left_pad",
+    "reshard_params",
+    "sample_categorical",
+]
