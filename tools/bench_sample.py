@@ -49,8 +49,9 @@ is in each row's JSON (`other_cpu_busy`), and a row measured beside other work s
 
 Timing: one untimed warm-up call per side (align_jax: compiles; its wall time is printed as
 `first call`, and `compile ~` = first call - median run), then `--runs` timed calls each,
-alternating; medians are reported. `--breakdown` also times align_jax's prefill alone and
-a single decode step (one `extend` + LM head + sampling) as separate jitted functions.
+alternating; medians are reported. `--breakdown` also times align_jax's prefill alone, the
+sampling choice alone, and the model part of a decode step (`extend` + LM head, in a loop
+of 16 steps as in the sampler), as separate jitted functions.
 
 Output: a table, then one JSON line per (config, batch) row, prefixed `RESULT `.
 """
@@ -289,7 +290,8 @@ class JaxSide:
         """Parts of a sampler call, each its own jitted function built from the pieces the
         sampler uses: the prefill (`extend` over the prompt + LM head), the sampling choice
         (`_choose`: filtering, the draw, the log-prob), and the model part of a decode step
-        (`extend` of one token + LM head) with the sampler's cache length and with
+        (`extend` of one token + LM head, timed over 16 steps of a loop as in the sampler)
+        with the sampler's cache length and with
         `extra_slots` more (empty, masked) cache slots. Attention over the extra slots adds
         almost no FLOPs, so the difference is what handling the cache costs per slot."""
         import jax
@@ -317,12 +319,21 @@ class JaxSide:
                 hidden, cache = model.extend(tokens, pos, kv_valid, cache, 0)
                 return model.logits(hidden[:, -1:])[:, 0], cache
 
-        def model_step(params, cache, kv_valid, token):
+        def model_step(params, cache, kv_valid, token, steps=16):
+            # As in the sampler's loop: the layers sliced once, then `steps` decode steps
+            # with the cache in the loop's carry (a lone step would also time the slicing
+            # and a copy of the cache).
             with parallel.sharding_context(mesh, rules):
                 model = nnx.merge(graphdef, params)
+                blocks = model.layer_blocks()
                 pos = jnp.full((batch, 1), plen, jnp.int32)
-                hidden, cache = model.extend(token[:, None], pos, kv_valid, cache, plen)
-                return model.logits(hidden)[:, 0], cache
+
+                def body(_, carry):
+                    cache, token = carry
+                    hidden, cache = model.extend(token[:, None], pos, kv_valid, cache, plen, blocks)
+                    return cache, jnp.argmax(model.logits(hidden)[:, 0], -1).astype(jnp.int32)
+
+                return jax.lax.fori_loop(0, steps, body, (cache, token))
 
         def choose(logits, rng):
             return sampler_mod._choose(logits, rng, sp)
@@ -348,7 +359,7 @@ class JaxSide:
             if not key:
                 out["prefill_s"] = timed(prefill_j, self.params, tokens, kv_valid)
                 out["choose_s"] = timed(choose_j, logits, rng)
-            out[f"model_step{key}_s"] = timed(step_j, self.params, cache, kv_valid, token)
+            out[f"model_step{key}_s"] = timed(step_j, self.params, cache, kv_valid, token) / 16
         out["cache_us_per_slot"] = (
             1e6 * (out["model_step_long_s"] - out["model_step_s"]) / extra_slots
         )
