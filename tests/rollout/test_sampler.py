@@ -10,7 +10,13 @@ from align_jax import parallel
 from align_jax.config import DEFAULT_RULES, model_config
 from align_jax.losses import token_logprobs
 from align_jax.models import apply_model, init_params
-from align_jax.rollout import Sampler, SamplingParams, filter_logits, reshard_params
+from align_jax.rollout import (
+    Sampler,
+    SamplingParams,
+    filter_logits,
+    reshard_params,
+    sample_categorical,
+)
 
 EOS, PAD = 2, 0
 PROMPTS = [[1, 5, 9, 11, 3], [1, 7], [1, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
@@ -153,3 +159,25 @@ def test_filter_logits_top_k_and_top_p():
     assert kept(filter_logits(logits, 0, 0.5)) == [True, False, False, False, False]
     assert kept(filter_logits(logits, 0, 0.86)) == [True, True, True, True, False]
     assert kept(filter_logits(logits, 0, 1.0)) == [True] * 5
+
+
+def test_sample_categorical_draws_the_softmax_distribution():
+    probs = np.array(
+        [
+            [0.5, 0.2, 0.15, 0.1, 0.05, 0.0],  # the last token masked
+            [0.0, 0.0, 0.3, 0.0, 0.7, 0.0],  # masked tokens at both ends and between
+            [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],  # one token left: always drawn
+        ]
+    )
+    neg = np.finfo(np.float32).min
+    logits = np.where(probs > 0, np.log(np.maximum(probs, 1e-30)) + 3.0, neg).astype(np.float32)
+    n = 20_000
+    draws = jax.jit(jax.vmap(sample_categorical, in_axes=(0, None)))(
+        jax.random.split(jax.random.key(0), n), jnp.asarray(logits)
+    )
+    draws = np.asarray(draws)  # [n, rows]
+    freq = np.stack([np.bincount(draws[:, r], minlength=6) / n for r in range(3)])
+    # Four standard errors of a frequency; masked tokens are never drawn at all.
+    tol = 4 * np.sqrt(probs * (1 - probs) / n)
+    assert np.all(np.abs(freq - probs) <= tol + 1e-12), freq
+    assert np.all(freq[probs == 0] == 0)
