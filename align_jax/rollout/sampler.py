@@ -88,35 +88,70 @@ def filter_logits(logits_bv: jax.Array, top_k: int, top_p) -> jax.Array:
     return jnp.where(logits_bv < threshold, neg, logits_bv)
 
 
+_DRAW_BLOCK = 128  # vocabulary entries per block of the two-level CDF search
+
+
+def _draw(rng, weights_bv: jax.Array) -> jax.Array:
+    """One index per row, drawn with probability proportional to `weights_bv` [B, V] (>= 0,
+    float32, not all 0 in a row), by inverting the row's CDF at one uniform draw.
+
+    Two levels: the CDF over blocks of `_DRAW_BLOCK` entries picks a block, the CDF within
+    that block picks the entry, so no [B, V] cumulative sum is formed (0.12 vs 0.31 ms at
+    B = 16, V = 8,192 on 2 CPU cores; 0.55 vs 3.1 ms at V = 128,256). Entries of weight 0
+    are never drawn: each level's uniform is kept strictly below that level's total, so
+    the first entry whose CDF exceeds it has weight > 0.
+    """
+    batch, vocab = weights_bv.shape
+    n_blocks = -(-vocab // _DRAW_BLOCK)
+    pad = n_blocks * _DRAW_BLOCK - vocab
+    blocks = jnp.pad(weights_bv, ((0, 0), (0, pad))).reshape(batch, n_blocks, _DRAW_BLOCK)
+    mass = blocks.sum(axis=-1)  # [B, blocks]
+    cdf = jnp.cumsum(mass, axis=-1)
+    total = cdf[:, -1:]
+    u = jax.random.uniform(rng, total.shape, jnp.float32) * total
+    u = jnp.minimum(u, jnp.nextafter(total, 0.0))
+    block = jnp.sum(cdf <= u, axis=-1)  # [B]; that block's mass is > 0
+    start = jnp.take_along_axis(cdf - mass, block[:, None], axis=1)
+    inner = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]  # [B, block]
+    inner_cdf = jnp.cumsum(inner, axis=-1)
+    # The block's own sum can round differently from `mass`: clamp into [0, its total).
+    u_inner = jnp.clip(u - start, 0.0, jnp.nextafter(inner_cdf[:, -1:], 0.0))
+    index = block * _DRAW_BLOCK + jnp.sum(inner_cdf <= u_inner, axis=-1)
+    return index.astype(jnp.int32)
+
+
 def sample_categorical(rng, logits_bv: jax.Array) -> jax.Array:
-    """One token per row from `softmax(logits)` [B, V], by inverting the row's CDF at one
-    uniform draw.
+    """One token per row from `softmax(logits)` [B, V]; masked logits (`filter_logits`)
+    are never drawn.
 
     The distribution of `jax.random.categorical`, whose Gumbel-max trick draws a random
     number per vocabulary entry: on XLA:CPU that [B, V] threefry stream was most of a
-    sampling step (~1.5 of ~1.9 ms at B = 16, V = 8192). Here a row costs one draw and a
-    cumulative sum. Masked logits (`filter_logits`) have probability 0 and are never drawn.
+    sampling step (~1.5 of ~1.9 ms at B = 16, V = 8192). This inverts the CDF at one
+    uniform draw per row (`_draw`).
     """
     logits_bv = logits_bv.astype(jnp.float32)
-    probs = jnp.exp(logits_bv - jnp.max(logits_bv, axis=-1, keepdims=True))  # unnormalised
-    cdf = jnp.cumsum(probs, axis=-1)
-    total = cdf[:, -1:]
-    u = jax.random.uniform(rng, total.shape, jnp.float32) * total
-    # u < total, so the token is the first with cdf > u, whose probability is > 0.
-    u = jnp.minimum(u, jnp.nextafter(total, 0.0))
-    return jnp.sum(cdf <= u, axis=-1).astype(jnp.int32)
+    return _draw(rng, jnp.exp(logits_bv - jnp.max(logits_bv, axis=-1, keepdims=True)))
 
 
 def _choose(logits_bv, rng, sp: SamplingParams):
     """(tokens [B], log-probs [B]) from last-position logits."""
+    scaled = logits_bv.astype(jnp.float32)
+    if sp.temperature:
+        scaled = scaled / sp.temperature
+    top = jnp.max(scaled, axis=-1, keepdims=True)
+    weights = jnp.exp(scaled - top)  # unnormalised softmax(scaled)
     if sp.temperature == 0:
-        tokens = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-        scaled = logits_bv
+        tokens = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
     else:
-        scaled = logits_bv / sp.temperature
-        tokens = sample_categorical(rng, filter_logits(scaled, sp.top_k, sp.top_p))
+        if sp.top_k or sp.top_p < 1:
+            kept = filter_logits(scaled, sp.top_k, sp.top_p) > jnp.finfo(jnp.float32).min
+            weights_drawn = jnp.where(kept, weights, 0.0)
+        else:
+            weights_drawn = weights
+        tokens = _draw(rng, weights_drawn)
     picked = jnp.take_along_axis(scaled, tokens[:, None], -1)[:, 0]
-    return tokens, picked - jax.nn.logsumexp(scaled, axis=-1)
+    # log softmax(scaled)[token] over the unfiltered distribution
+    return tokens, picked - top[:, 0] - jnp.log(jnp.sum(weights, axis=-1))
 
 
 def _generate(graphdef, params, tokens_bp, valid_bp, rng, *, sp, eos_id, pad_id, mesh, rules):
