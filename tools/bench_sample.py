@@ -335,8 +335,8 @@ class JaxSide:
 
                 return jax.lax.fori_loop(0, steps, body, (cache, token))
 
-        def choose(logits, rng):
-            return sampler_mod._choose(logits, rng, sp)
+        def choose(logits, rng):  # the sampler draws all steps' uniforms before its loop
+            return sampler_mod._choose(logits, jax.random.uniform(rng, (batch,)), sp)
 
         prefill_j, step_j, choose_j = jax.jit(prefill), jax.jit(model_step), jax.jit(choose)
         rng = jax.random.key(0)
