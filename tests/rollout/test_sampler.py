@@ -109,9 +109,27 @@ def test_all_rows_done_ends_the_loop_early(model):
     _, graphdef, params, _ = model
     free = greedy_by_recompute(graphdef, params, PROMPTS[1], 1)
     out = sampler(model, eos=free[0]).generate(
-        params, [PROMPTS[1]], SamplingParams(max_new_tokens=50, temperature=0.0), seed=0
-    )
+        params, [PROMPTS[1]], SamplingParams(max_new_tokens=100, temperature=0.0), seed=0
+    )  # 3 decode chunks: the first one's loop ends at once, the later ones run no step
     assert out["mask"][0].sum() == 1 and out["tokens"][0][0] == free[0]
+    assert out["tokens"][0][1:].tolist() == [PAD] * 99
+
+
+def test_chunked_decode_matches_the_training_side_across_chunks(model):
+    # 96 new tokens decode in 3 chunks, the cache growing at each boundary; the log-probs of
+    # every sampled token still equal one forward pass over prompt + completion.
+    from align_jax.rollout.sampler import _chunk_ends
+
+    assert _chunk_ends(96) == [32, 64, 96]
+    cfg, graphdef, params, _ = model
+    sp = SamplingParams(max_new_tokens=96, temperature=1.0)
+    out = sampler(model, eos=-1).generate(params, PROMPTS, sp, seed=5)
+    assert out["mask"].sum() == 96 * len(PROMPTS)
+    for row, prompt in enumerate(PROMPTS):
+        seq = jnp.asarray([prompt + out["tokens"][row].tolist()])
+        logits = apply_model(graphdef, params, seq[:, :-1])
+        train_side = token_logprobs(logits, seq[:, 1:])[0, len(prompt) - 1 :]
+        np.testing.assert_allclose(out["logprobs"][row], train_side, atol=5e-5)
 
 
 def test_padding_layout_does_not_change_results(model):
