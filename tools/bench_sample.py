@@ -59,6 +59,7 @@ Output: a table, then one JSON line per (config, batch) row, prefixed `RESULT `.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -319,10 +320,10 @@ class JaxSide:
                 hidden, cache = model.extend(tokens, pos, kv_valid, cache, 0)
                 return model.logits(hidden[:, -1:])[:, 0], cache
 
-        def model_step(params, cache, kv_valid, token, steps=16):
+        def model_step(params, cache, kv_valid, token, steps):
             # As in the sampler's loop: the layers sliced once, then `steps` decode steps
-            # with the cache in the loop's carry (a lone step would also time the slicing
-            # and a copy of the cache).
+            # with the cache in the loop's carry. Timed at 16 and 32 steps; the difference
+            # / 16 leaves out what a call pays once (slicing the layers, copying the cache).
             with parallel.sharding_context(mesh, rules):
                 model = nnx.merge(graphdef, params)
                 blocks = model.layer_blocks()
@@ -338,7 +339,8 @@ class JaxSide:
         def choose(logits, rng):  # the sampler draws all steps' uniforms before its loop
             return sampler_mod._choose(logits, jax.random.uniform(rng, (batch,)), sp)
 
-        prefill_j, step_j, choose_j = jax.jit(prefill), jax.jit(model_step), jax.jit(choose)
+        prefill_j, choose_j = jax.jit(prefill), jax.jit(choose)
+        step_j = jax.jit(model_step, static_argnames="steps")
         rng = jax.random.key(0)
 
         def timed(fn, *args):
@@ -359,7 +361,11 @@ class JaxSide:
             if not key:
                 out["prefill_s"] = timed(prefill_j, self.params, tokens, kv_valid)
                 out["choose_s"] = timed(choose_j, logits, rng)
-            out[f"model_step{key}_s"] = timed(step_j, self.params, cache, kv_valid, token) / 16
+            args = (self.params, cache, kv_valid, token)
+            steps_32 = timed(functools.partial(step_j, steps=32), *args)
+            out[f"model_step{key}_s"] = (
+                steps_32 - timed(functools.partial(step_j, steps=16), *args)
+            ) / 16
         out["cache_us_per_slot"] = (
             1e6 * (out["model_step_long_s"] - out["model_step_s"]) / extra_slots
         )
@@ -542,7 +548,9 @@ def main(argv=None) -> None:
         print(
             "align_jax per call: prefill once, then per decode step: choose (sampling) + "
             "model (extend + LM head);\n'+512 slots': model step with 512 more empty cache "
-            "slots; 'est call' = prefill + 128 x (choose + model) vs the measured call"
+            "slots; 'est call' = prefill + 128 x (choose + model) vs the measured call\n"
+            "(the model step attends over the whole cache; the sampler's decode chunks read "
+            "fewer slots, so 'est call' runs high)"
         )
         print(
             f"{'config':<9} {'batch':>5} {'prefill ms':>10} {'choose ms':>9} {'model ms':>9} "
