@@ -236,10 +236,11 @@ class Attention(nnx.Module):
         return y
 
     def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
-        """Attention over x's own keys, or, with `cache = (k, v, index)` (this layer's cache:
-        keys [B, K, Dh, S], values [B, K, S, Dh]), over the cache's slots after writing x's
-        keys and values at slots [index, index + L). Returns `(out, (k, v))`: the updated
-        cache, or None without one."""
+        """Attention over x's own keys, or, with a cache, over the cache's slots after writing
+        x's keys and values at slots [index, index + L). `cache = (k, v, index)` is this
+        layer's cache (keys [B, K, Dh, S], values [B, K, S, Dh]); `(k, v, index, layer)`
+        is the whole stacked cache ([layers, ...] each) of which this is layer `layer`.
+        Returns `(out, (k, v))`: the updated cache as given, or None without one."""
         cfg = self.cfg
         q = constrain(self._project(x, "q"), ("batch", "length", "heads", "head_dim"))
         k = constrain(self._project(x, "k"), ("batch", "length", "kv_heads", "head_dim"))
@@ -260,11 +261,15 @@ class Attention(nnx.Module):
             # decode step's query-key product is a plain [G, Dh] @ [Dh, S] matmul per (row, KV
             # head); with [S, Dh] keys the same product ran ~2x slower on XLA:CPU
             # (tools/bench_sample.py). Values stay [S, Dh]: probs [G, S] @ values [S, Dh].
-            k_cache, v_cache, index = cache
-            k_new = k.transpose(0, 2, 3, 1).astype(k_cache.dtype)
-            k = jax.lax.dynamic_update_slice(k_cache, k_new, (0, 0, 0, index))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+            k_cache, v_cache, index, *layer = cache  # layer: [] or [index in the stack]
+            lead, at = (None,) * len(layer), (*layer, 0, 0)
+            k_new = k.transpose(0, 2, 3, 1).astype(k_cache.dtype)[lead]
+            k = jax.lax.dynamic_update_slice(k_cache, k_new, (*at, 0, index))
+            v_new = v.astype(v_cache.dtype)[lead]
+            v = jax.lax.dynamic_update_slice(v_cache, v_new, (*at, index, 0))
             new_cache = (k, v)
+            if layer:
+                k, v = k[layer[0]], v[layer[0]]
             k, v = k.astype(q.dtype), v.astype(q.dtype)
             scores = "bkgld,bkdm->bkglm"
         scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
@@ -363,49 +368,59 @@ class Transformer(nnx.Module):
         return self.final_norm(x)
 
     def layer_blocks(self) -> list[Block]:
-        """The stacked blocks as one `Block` per layer, their parameters sliced out once.
-
-        `extend` runs its layers unrolled over these: in the sampler's decode loop, the
-        scanned form re-sliced every layer's weights and cache each step, and the unrolled
-        one ran a llama25m decode step in ~6.2 instead of ~8 ms (tools/bench_sample.py).
-        """
+        """The stacked blocks as one `Block` per layer, their parameters sliced out (copied)
+        once: what `extend` runs unrolled over a per-layer cache."""
         graphdef, stacked = nnx.split(self.layers)
         return [
             nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
             for i in range(self.cfg.n_layers)
         ]
 
-    def extend(self, tokens_bt, positions_bt, kv_valid_bs, cache: list, index, blocks=None):
+    def extend(self, tokens_bt, positions_bt, kv_valid_bs, cache, index, blocks=None):
         """Runs T new tokens against a KV cache: the sampler's prefill (T = prompt length)
         and decode (T = 1) step.
 
         The new tokens take cache slots [index, index + T). `kv_valid_bs` [B, S] marks the
         slots that hold real tokens (left padding of short prompts is 0), the new ones
-        included; a query sees valid slots up to its own. `cache` is `init_cache`'s list
-        of per-layer {"k", "v"}; `blocks`, from `layer_blocks()`, lets a decode loop slice
-        the layers once (computed here when None). Returns the final-norm hidden states
-        [B, T, D] and the updated cache.
+        included; a query sees valid slots up to its own. Returns the final-norm hidden
+        states [B, T, D] and the updated cache.
 
-        Layers run unrolled (compile time grows with depth here, unlike the scanned
-        training forward): decoding is bound by reading weights and cache, not by compiling.
+        The cache's layout (`init_cache`) picks how the layers run:
+        - a list of per-layer {"k", "v"}: unrolled, over `blocks` (`layer_blocks()`, sliced
+          here when None; a decode loop slices once and passes them). On XLA:CPU a llama25m
+          decode step took ~6.2 ms this way against ~8 ms scanned, where each step re-sliced
+          every layer's weights and cache (tools/bench_sample.py). The price: a copy of the
+          block weights while sampling, and compile time that grows with depth.
+        - one stacked {"k", "v"} ([layers, ...]): scanned like the training forward, the
+          cache in the scan's carry and each layer writing only its new slots in place.
         """
         cfg = self.cfg
-        t, s = tokens_bt.shape[1], cache[0]["v"].shape[2]
+        stacked = isinstance(cache, dict)
+        t, s = tokens_bt.shape[1], (cache if stacked else cache[0])["v"].shape[-2]
         query_slot = index + jnp.arange(t)
         key_slot = jnp.arange(s)
         causal = key_slot[None, :] <= query_slot[:, None]  # [T, S]
         mask = (causal[None] & (kv_valid_bs[:, None, :] > 0))[:, None, None]
         distance = query_slot[:, None] - key_slot[None, :]  # [T, S]
+        if stacked:
+            x, (k, v) = self._layers(
+                tokens_bt, positions_bt, mask, distance, (cache["k"], cache["v"], index)
+            )
+            return self.final_norm(x), {"k": k, "v": v}
         inv_freq_ld, window_l = layer_attention(cfg)
         blocks = self.layer_blocks() if blocks is None else blocks
         x = self._embed(tokens_bt)
         new_cache = []
         for layer, block in enumerate(blocks):
-            layer_mask = mask & (distance < window_l[layer]) if cfg.sliding_window else mask
+            layer_mask = self._window_mask(mask, distance, window_l[layer])
             layer_cache = (cache[layer]["k"], cache[layer]["v"], index)
             x, (k, v) = block(x, positions_bt, layer_mask, inv_freq_ld[layer], layer_cache)
             new_cache.append({"k": k, "v": v})
         return self.final_norm(x), new_cache
+
+    def _window_mask(self, mask, distance, window):
+        """A sliding-window layer's mask: keys at a slot distance below its window."""
+        return mask & (distance < window) if self.cfg.sliding_window else mask
 
     def _embed(self, tokens_bl):
         cfg = self.cfg
@@ -418,25 +433,29 @@ class Transformer(nnx.Module):
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         return constrain(x, ("batch", "length", "embed"))
 
-    def _layers(self, tokens_bl, positions_bl, mask):
-        """Embedding and the scanned blocks: the residual stream [B, L, D].
+    def _layers(self, tokens_bl, positions_bl, mask, distance=None, cache=None):
+        """Embedding and the scanned blocks: the residual stream [B, L, D], or, with a
+        stacked `cache = (k, v, index)` riding in the scan's carry, `(x, (k, v))`.
 
-        A key is in a sliding-window layer's window when its distance from the query, in
-        token indices (the position distance within a packed document), is below the window.
+        `distance` [L, S] (query slot - key slot) places keys in sliding windows; it
+        defaults to token-index distance, the position distance within a packed document.
         """
         cfg = self.cfg
         x = self._embed(tokens_bl)
         inv_freq_ld, window_l = layer_attention(cfg)
-        slots = jnp.arange(tokens_bl.shape[1])
-        distance = slots[:, None] - slots[None, :]  # [L, L]
+        if distance is None:
+            slots = jnp.arange(tokens_bl.shape[1])
+            distance = slots[:, None] - slots[None, :]
 
         graphdef, stacked = nnx.split(self.layers)
 
-        def body(x, xs):
-            layer_state, inv_freq, window = xs
-            layer_mask = mask & (distance < window) if cfg.sliding_window else mask
+        def body(carry, xs):
+            x, kv = carry
+            layer_state, inv_freq, window, layer = xs
+            layer_cache = None if kv is None else (*kv, cache[2], layer)
             block = nnx.merge(graphdef, layer_state)
-            return block(x, positions_bl, layer_mask, inv_freq)  # (x, no cache)
+            layer_mask = self._window_mask(mask, distance, window)
+            return block(x, positions_bl, layer_mask, inv_freq, layer_cache), None
 
         if cfg.remat != "none":
             if cfg.remat not in _REMAT_POLICIES:
@@ -445,7 +464,10 @@ class Transformer(nnx.Module):
                     f"{', '.join(_REMAT_POLICIES)}"
                 )
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        return jax.lax.scan(body, x, (stacked, inv_freq_ld, window_l))[0]
+        kv = None if cache is None else cache[:2]
+        xs = (stacked, inv_freq_ld, window_l, jnp.arange(cfg.n_layers))
+        x, kv = jax.lax.scan(body, (x, kv), xs)[0]
+        return x if cache is None else (x, kv)
 
     def logits(self, hidden_bld: jax.Array) -> jax.Array:
         cfg = self.cfg
@@ -468,22 +490,29 @@ class Transformer(nnx.Module):
         return self.scores(hidden) if self.cfg.head == "scalar" else self.logits(hidden)
 
 
-def init_cache(cfg, batch: int, length: int, dtype=None) -> list[dict]:
-    """An empty KV cache of `length` slots, one {"k", "v"} per layer: keys
-    [B, kv_heads, head_dim, S] (slots last) and values [B, kv_heads, S, head_dim]."""
+_CACHE_AXES = {
+    "k": ("batch", "kv_heads", "head_dim", "length"),
+    "v": ("batch", "kv_heads", "length", "head_dim"),
+}
+
+
+def constrain_cache(cache):
+    """`cache` (either `init_cache` layout) constrained to its logical-axis shardings."""
+    if isinstance(cache, dict):
+        return {n: constrain(cache[n], ("layers", *_CACHE_AXES[n])) for n in ("k", "v")}
+    return [{n: constrain(layer[n], _CACHE_AXES[n]) for n in ("k", "v")} for layer in cache]
+
+
+def init_cache(cfg, batch: int, length: int, dtype=None, *, stacked: bool = False):
+    """An empty KV cache of `length` slots: keys [B, kv_heads, head_dim, S] (slots last) and
+    values [B, kv_heads, S, head_dim], as a list of per-layer {"k", "v"} or, `stacked`, one
+    {"k", "v"} with a leading `layers` dimension (see `Transformer.extend`)."""
     dtype = dtype or _dtype(cfg.dtype)
-    kv, hd = cfg.n_kv_heads, cfg.head_dim
-
-    def zeros(shape, axes):
-        return constrain(jnp.zeros(shape, dtype), axes)
-
-    return [
-        {
-            "k": zeros((batch, kv, hd, length), ("batch", "kv_heads", "head_dim", "length")),
-            "v": zeros((batch, kv, length, hd), ("batch", "kv_heads", "length", "head_dim")),
-        }
-        for _ in range(cfg.n_layers)
-    ]
+    kv, hd, n = cfg.n_kv_heads, cfg.head_dim, cfg.n_layers
+    shapes = {"k": (batch, kv, hd, length), "v": (batch, kv, length, hd)}
+    if stacked:
+        return constrain_cache({k: jnp.zeros((n, *s), dtype) for k, s in shapes.items()})
+    return constrain_cache([{k: jnp.zeros(s, dtype) for k, s in shapes.items()} for _ in range(n)])
 
 
 def count_params(cfg, *, include_embeddings: bool = True, include_lora: bool = True) -> int:

@@ -17,13 +17,16 @@ training side, so the importance ratio of an RL update is exactly 1 before the f
 (REFERENCES.md). Greedy decoding (temperature 0) reports log-probs at T = 1.
 
 Speed. Decoding a small batch reads every weight and the whole cache once per step, so a
-step is bound by memory traffic, not FLOPs. The layers' parameters are sliced out of their
-stacked form once per call (`Transformer.layer_blocks`) and a step runs its layers
-unrolled over them and over per-layer caches whose keys are stored slots-last; a token is
-drawn from the CDF with one uniform per row (`sample_categorical`). Against the previous
-scanned form (stacked weights and cache sliced per layer every step) and Gumbel-max
-`jax.random.categorical`, tools/bench_sample.py measured llama25m at batch 16 going from
-~1,460 to ~2,250 new tokens/s on 2 CPU cores.
+step is bound by memory traffic more than by FLOPs. On CPU the layers' parameters are
+sliced out of their stacked form once per call (`Transformer.layer_blocks`) and a step
+runs its layers unrolled over them and over per-layer caches (`Sampler(unroll_layers=)`);
+cached keys are stored slots-last; the decode loop runs in up to 4 chunks over a cache
+that grows per chunk, so a step reads only the filled slots and at most one chunk more;
+a token is drawn by inverting the CDF with one uniform per row (`sample_categorical`), all
+steps' uniforms drawn before the loop. Against the scanned form (stacked weights and cache
+sliced per layer every step), a full-length cache and Gumbel-max `jax.random.categorical`,
+tools/bench_sample.py measured llama25m at batch 16 going from ~1,460 to ~2,300 new
+tokens/s on 2 CPU cores.
 
 Sharding. Parameters stay in their training shardings (nothing is gathered to one device);
 the batch and the cache are split over the batch axes and the cache's KV heads over
@@ -42,7 +45,7 @@ import numpy as np
 from flax import nnx
 
 from align_jax import parallel
-from align_jax.models.transformer import init_cache
+from align_jax.models.transformer import constrain_cache, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,32 +173,32 @@ def _chunk_ends(n_new: int) -> list[int]:
 
 
 def _grow(cache, kv_valid, extra: int):
-    """The cache and its validity mask with `extra` more (empty, invalid) slots."""
-    grown = [
-        {
-            "k": parallel.constrain(
-                jnp.pad(layer["k"], ((0, 0), (0, 0), (0, 0), (0, extra))),
-                ("batch", "kv_heads", "head_dim", "length"),
-            ),
-            "v": parallel.constrain(
-                jnp.pad(layer["v"], ((0, 0), (0, 0), (0, extra), (0, 0))),
-                ("batch", "kv_heads", "length", "head_dim"),
-            ),
-        }
-        for layer in cache
-    ]
-    kv_valid = parallel.constrain(jnp.pad(kv_valid, ((0, 0), (0, extra))), ("batch", "length"))
-    return grown, kv_valid
+    """The cache (either layout) and its validity mask with `extra` more (empty, invalid)
+    slots: the keys' last axis, the values' second to last."""
+
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, extra)
+        return jnp.pad(x, widths)
+
+    if isinstance(cache, dict):
+        grown = {"k": pad(cache["k"], -1), "v": pad(cache["v"], -2)}
+    else:
+        grown = [{"k": pad(layer["k"], -1), "v": pad(layer["v"], -2)} for layer in cache]
+    kv_valid = parallel.constrain(pad(kv_valid, 1), ("batch", "length"))
+    return constrain_cache(grown), kv_valid
 
 
-def _generate(graphdef, params, tokens_bp, valid_bp, rng, *, sp, eos_id, pad_id, mesh, rules):
+def _generate(
+    graphdef, params, tokens_bp, valid_bp, rng, *, sp, eos_id, pad_id, mesh, rules, unroll
+):
     with parallel.sharding_context(mesh, rules):
         model = nnx.merge(graphdef, params)
         batch, prompt_len = tokens_bp.shape
         n_new = sp.max_new_tokens
         ends = _chunk_ends(n_new)
-        cache = init_cache(model.cfg, batch, prompt_len + ends[0])
-        blocks = model.layer_blocks()  # sliced once, read by every step
+        cache = init_cache(model.cfg, batch, prompt_len + ends[0], stacked=not unroll)
+        blocks = model.layer_blocks() if unroll else None  # sliced once, read by every step
         kv_valid = jnp.concatenate([valid_bp, jnp.zeros((batch, ends[0]), jnp.int32)], axis=1)
         kv_valid = parallel.constrain(kv_valid, ("batch", "length"))
         positions = jnp.maximum(jnp.cumsum(valid_bp, axis=1) - 1, 0)
@@ -265,11 +268,28 @@ class Sampler:
     `out` holds numpy arrays: `tokens` / `logprobs` / `mask` [B * n, max_new_tokens]
     (completion only; mask 1 on generated tokens, the eos included), `prompt_index` [B * n].
     Compiled once per (batch, padded prompt length, sampling params).
+
+    `unroll_layers`: run a step's layers unrolled over per-layer weights and caches (faster
+    on CPU, at the cost of a copy of the block weights during a call and compile time that
+    grows with depth) or scanned over the stacked ones (no copy, flat compile time). None
+    picks unrolled where the mesh's devices are CPUs, scanned on accelerators.
     """
 
-    def __init__(self, graphdef, mesh, rules, *, eos_id: int, pad_id: int = 0):
+    def __init__(
+        self,
+        graphdef,
+        mesh,
+        rules,
+        *,
+        eos_id: int,
+        pad_id: int = 0,
+        unroll_layers: bool | None = None,
+    ):
         self.graphdef, self.mesh, self.rules = graphdef, mesh, tuple(tuple(r) for r in rules)
         self.eos_id, self.pad_id = eos_id, pad_id
+        if unroll_layers is None:
+            unroll_layers = all(d.platform == "cpu" for d in mesh.devices.flat)
+        self.unroll_layers = unroll_layers
         self._compiled: dict = {}
 
     def _fn(self, sp: SamplingParams):
@@ -282,6 +302,7 @@ class Sampler:
                 pad_id=self.pad_id,
                 mesh=self.mesh,
                 rules=self.rules,
+                unroll=self.unroll_layers,
             )
             self._compiled[sp] = jax.jit(fn)
         return self._compiled[sp]

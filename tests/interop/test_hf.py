@@ -138,11 +138,14 @@ def test_greedy_generation_matches_transformers(family):
             pad_token_id=0, eos_token_id=None,
         )[:, len(prompts[0]) :].numpy()  # fmt: skip
     cfg, graphdef, params = hf.load_hf_params(d)
-    sampler = Sampler(graphdef, parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}),
-                      DEFAULT_RULES, eos_id=-1, pad_id=0)  # fmt: skip
-    with parallel.sharding_context(sampler.mesh, DEFAULT_RULES):
-        out = sampler.generate(params, prompts, SamplingParams(n_new, temperature=0.0), seed=0)
-    np.testing.assert_array_equal(out["tokens"], ref)
+    mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    for unroll in (True, False):  # both layer layouts: per-layer (unrolled) and scanned
+        sampler = Sampler(graphdef, mesh, DEFAULT_RULES, eos_id=-1, pad_id=0,
+                          unroll_layers=unroll)  # fmt: skip
+        with parallel.sharding_context(sampler.mesh, DEFAULT_RULES):
+            sp = SamplingParams(n_new, temperature=0.0)
+            out = sampler.generate(params, prompts, sp, seed=0)
+        np.testing.assert_array_equal(out["tokens"], ref, err_msg=f"unroll_layers={unroll}")
 
 
 def test_sharded_import_equals_single_device(tmp_path, devices):

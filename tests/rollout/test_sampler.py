@@ -40,9 +40,16 @@ def model():
     return cfg, graphdef, params, mesh
 
 
-def sampler(model, eos=EOS, mesh=None):
+def sampler(model, eos=EOS, mesh=None, unroll=None):
     cfg, graphdef, params, one = model
-    return Sampler(graphdef, mesh or one, DEFAULT_RULES, eos_id=eos, pad_id=PAD)
+    return Sampler(
+        graphdef, mesh or one, DEFAULT_RULES, eos_id=eos, pad_id=PAD, unroll_layers=unroll
+    )
+
+
+# The two layer layouts of a decode step (Transformer.extend): per-layer weights and caches
+# with the layers unrolled (the CPU default), and the stacked ones scanned.
+LAYOUTS = pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "scanned"])
 
 
 def greedy_by_recompute(graphdef, params, prompt, n_new):
@@ -53,9 +60,10 @@ def greedy_by_recompute(graphdef, params, prompt, n_new):
     return seq[len(prompt) :]
 
 
-def test_greedy_with_cache_equals_full_recomputation(model):
+@LAYOUTS
+def test_greedy_with_cache_equals_full_recomputation(model, unroll):
     cfg, graphdef, params, _ = model
-    out = sampler(model, eos=-1).generate(
+    out = sampler(model, eos=-1, unroll=unroll).generate(
         params, PROMPTS, SamplingParams(max_new_tokens=12, temperature=0.0), seed=0
     )
     for row, prompt in enumerate(PROMPTS):
@@ -115,7 +123,8 @@ def test_all_rows_done_ends_the_loop_early(model):
     assert out["tokens"][0][1:].tolist() == [PAD] * 99
 
 
-def test_chunked_decode_matches_the_training_side_across_chunks(model):
+@LAYOUTS
+def test_chunked_decode_matches_the_training_side_across_chunks(model, unroll):
     # 96 new tokens decode in 3 chunks, the cache growing at each boundary; the log-probs of
     # every sampled token still equal one forward pass over prompt + completion.
     from align_jax.rollout.sampler import _chunk_ends
@@ -123,7 +132,7 @@ def test_chunked_decode_matches_the_training_side_across_chunks(model):
     assert _chunk_ends(96) == [32, 64, 96]
     cfg, graphdef, params, _ = model
     sp = SamplingParams(max_new_tokens=96, temperature=1.0)
-    out = sampler(model, eos=-1).generate(params, PROMPTS, sp, seed=5)
+    out = sampler(model, eos=-1, unroll=unroll).generate(params, PROMPTS, sp, seed=5)
     assert out["mask"].sum() == 96 * len(PROMPTS)
     for row, prompt in enumerate(PROMPTS):
         seq = jnp.asarray([prompt + out["tokens"][row].tolist()])
@@ -142,14 +151,15 @@ def test_padding_layout_does_not_change_results(model):
     np.testing.assert_allclose(alone["logprobs"][0], batched["logprobs"][1], atol=1e-5)
 
 
-def test_sharded_sampling_equals_single_device(model, devices):
+@LAYOUTS
+def test_sharded_sampling_equals_single_device(model, devices, unroll):
     cfg, graphdef, params, _ = model
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     _, sharded, _ = init_params(cfg, mesh, DEFAULT_RULES, 0)
     sp = SamplingParams(max_new_tokens=6, temperature=0.0)
     prompts = PROMPTS + [[1, 4], [1, 6, 8], [1, 3, 3, 3], [1, 9], [1, 10, 11]]
     ref = sampler(model, eos=-1).generate(params, prompts, sp, seed=0)
-    out = sampler(model, eos=-1, mesh=mesh).generate(sharded, prompts, sp, seed=0)
+    out = sampler(model, eos=-1, mesh=mesh, unroll=unroll).generate(sharded, prompts, sp, seed=0)
     np.testing.assert_array_equal(out["tokens"], ref["tokens"])
     np.testing.assert_allclose(out["logprobs"], ref["logprobs"], atol=1e-5)
 
@@ -199,3 +209,8 @@ def test_sample_categorical_draws_the_softmax_distribution():
     tol = 4 * np.sqrt(probs * (1 - probs) / n)
     assert np.all(np.abs(freq - probs) <= tol + 1e-12), freq
     assert np.all(freq[probs == 0] == 0)
+
+
+def test_unroll_layers_defaults_to_unrolled_on_cpu(model):
+    assert sampler(model).unroll_layers is True
+    assert sampler(model, unroll=False).unroll_layers is False
