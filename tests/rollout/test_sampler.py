@@ -52,11 +52,19 @@ def sampler(model, eos=EOS, mesh=None, unroll=None):
 LAYOUTS = pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "scanned"])
 
 
-def greedy_by_recompute(graphdef, params, prompt, n_new):
+_FORWARD = {}  # id(graphdef) -> jitted forward
+
+
+def greedy_by_recompute(graphdef, params, prompt, n_new, width=32):
+    """Greedy tokens by a full forward pass per token, no cache. Sequences are right-padded
+    to `width` (one compile): causal attention keeps padding out of earlier positions."""
+    if id(graphdef) not in _FORWARD:
+        _FORWARD[id(graphdef)] = jax.jit(lambda p, t: apply_model(graphdef, p, t))
+    forward = _FORWARD[id(graphdef)]
     seq = list(prompt)
     for _ in range(n_new):
-        logits = apply_model(graphdef, params, jnp.asarray([seq]))
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        logits = forward(params, jnp.asarray([seq + [PAD] * (width - len(seq))]))
+        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     return seq[len(prompt) :]
 
 
