@@ -8,30 +8,26 @@ The workdir's checkpoints hold the adapters only; `align_jax.checkpoint.load_run
 `align_jax.generate` and `align_jax.score`) returns them merged into the base.
 """
 
-from align_jax.config import base_config, model_config
+import importlib.util
+import os
+
+from align_jax.config import model_config
+
+
+def _dpo_tiny(arg):
+    """configs/dpo/tiny.py's config, loaded from beside this file (configs are files, not a
+    package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
+    spec = importlib.util.spec_from_file_location("configs_dpo_tiny", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def get_config(arg: str | None = None):
-    data_dir = arg or "data/tiny"
-    c = base_config()
-    c.stage = "dpo"
-    c.objective.name = "dpo"
-    c.objective.loss_type = "sigmoid"
-    c.objective.beta = 0.1
-    c.total_steps = 60
-    c.log_every = 10
-    c.eval_every = 30
-    c.checkpoint_every = 30
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c = _dpo_tiny(arg)  # the same DPO run, data and schedule
     c.model = model_config("tiny", lora=dict(rank=8, alpha=16.0, targets="q,k,v,o,gate,up,down"))
     # Adapters start at B = 0 and move the model through a rank-8 product only: they take
     # larger steps than full fine-tuning (configs/dpo/tiny.py: 5e-4).
-    c.optimizer.update(learning_rate=2e-3, warmup_steps=5, weight_decay=0.0)
-    c.data.update(
-        train_files=f"{data_dir}/pairs_train.jsonl",
-        eval_files=f"{data_dir}/pairs_eval.jsonl",
-        tokenizer=f"{data_dir}/tok.model",
-        seq_len=48,
-        batch_size=16,
-    )
+    c.optimizer.learning_rate = 2e-3
     return c
