@@ -123,16 +123,24 @@ def parse_args(argv=None):
         help="before each timed pair, wait up to this many seconds for the other processes on "
         "the machine to use under 10%% of the CPUs (0: don't wait); what was seen is reported",
     )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="parameter and compute dtype of both models",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf_worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def model_fields(name: str) -> dict:
-    """The align_jax model config of `name`, as a plain dict (shared with the HF worker)."""
+def model_fields(name: str, dtype: str = "float32") -> dict:
+    """The align_jax model config of `name`, as a plain dict (shared with the HF worker);
+    parameters stored and computed in `dtype`."""
     from align_jax.config import model_config
 
-    cfg = model_config("tiny", **SHAPES[name]) if name == "tiny" else model_config(**SHAPES[name])
+    shape = dict(SHAPES[name], param_dtype=dtype, dtype=dtype)
+    cfg = model_config("tiny", **shape) if name == "tiny" else model_config(**shape)
     return cfg.to_dict()
 
 
@@ -191,7 +199,7 @@ def hf_worker() -> None:
                 eos_token_id=None,
             )
             torch.manual_seed(req["seed"])
-            model = LlamaForCausalLM(config).eval()
+            model = LlamaForCausalLM(config).to(getattr(torch, m["param_dtype"])).eval()
             input_ids = torch.tensor(req["prompts"], dtype=torch.long)
             n = req["new_tokens"]
             kwargs = dict(
@@ -300,7 +308,7 @@ class JaxSide:
         from flax import nnx
 
         from align_jax import parallel
-        from align_jax.models.transformer import init_cache
+        from align_jax.models.transformer import init_cache, layer_attention, rope_tables
         from align_jax.rollout import sampler as sampler_mod
 
         batch, plen = len(prompts), len(prompts[0])
@@ -315,26 +323,33 @@ class JaxSide:
         def prefill(params, tokens, kv_valid):
             with parallel.sharding_context(mesh, rules):
                 model = nnx.merge(graphdef, params)
-                cache = init_cache(cfg, batch, kv_valid.shape[1])
+                cache = init_cache(cfg, batch, kv_valid.shape[1], self.sampler.cache_dtype)
                 pos = jnp.broadcast_to(jnp.arange(plen), tokens.shape)
                 hidden, cache = model.extend(tokens, pos, kv_valid, cache, 0)
                 return model.logits(hidden[:, -1:])[:, 0], cache
 
         def model_step(params, cache, kv_valid, token, steps):
             # As in the sampler's loop: the layers sliced once, then `steps` decode steps
-            # with the cache in the loop's carry. Timed at 16 and 32 steps; the difference
-            # / 16 leaves out what a call pays once (slicing the layers, copying the cache).
+            # with the cache and the rotary tables in the loop's carry (the sampler makes
+            # the next step's tables in each step: [layers, B, 1, 1, Dh/2], microseconds).
+            # Timed at 16 and 32 steps; the difference / 16 leaves out what a call pays once
+            # (slicing the layers, copying the cache).
             with parallel.sharding_context(mesh, rules):
                 model = nnx.merge(graphdef, params)
                 blocks = model.layer_blocks()
                 pos = jnp.full((batch, 1), plen, jnp.int32)
+                inv_freq = layer_attention(cfg)[0]
 
                 def body(_, carry):
-                    cache, token = carry
-                    hidden, cache = model.extend(token[:, None], pos, kv_valid, cache, plen, blocks)
-                    return cache, jnp.argmax(model.logits(hidden)[:, 0], -1).astype(jnp.int32)
+                    cache, token, rope = carry
+                    hidden, cache = model.extend(
+                        token[:, None], pos, kv_valid, cache, plen, blocks, rope
+                    )
+                    token = jnp.argmax(model.logits(hidden)[:, 0], -1).astype(jnp.int32)
+                    return cache, token, rope
 
-                return jax.lax.fori_loop(0, steps, body, (cache, token))
+                rope = rope_tables(pos, inv_freq)
+                return jax.lax.fori_loop(0, steps, body, (cache, token, rope))
 
         def choose(logits, rng):  # the sampler draws all steps' uniforms before its loop
             return sampler_mod._choose(logits, jax.random.uniform(rng, (batch,)), sp)
@@ -431,6 +446,7 @@ def main(argv=None) -> None:
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs); "
         f"prompt {args.prompt_len}, {args.new_tokens} new tokens, T={args.temperature}, "
+        f"{args.dtype}, "
         f"{args.runs} timed runs after {args.warmup} warm-up, medians; "
         f"load average {_load()} at start",
         flush=True,
@@ -438,7 +454,7 @@ def main(argv=None) -> None:
     rows = []
     try:
         for name in configs:
-            fields = model_fields(name)
+            fields = model_fields(name, args.dtype)
             side = JaxSide(fields, args.seed)
             for batch in batches:
                 prompts = make_prompts(fields["vocab_size"], batch, args.prompt_len, args.seed)
@@ -449,6 +465,7 @@ def main(argv=None) -> None:
                     "batch": batch,
                     "prompt_len": args.prompt_len,
                     "new_tokens": args.new_tokens,
+                    "dtype": args.dtype,
                 }
                 start = time.perf_counter()
                 side.run(prompts, sp, seed=0)

@@ -125,11 +125,24 @@ def layer_attention(cfg) -> tuple[jax.Array, jax.Array]:
     return inv_freq, windows
 
 
+def rope_tables(positions_bl: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin) of the rotary angles, [..., B, L, 1, D/2] float32 (1: broadcast over heads).
+
+    `inv_freq` [..., D/2]: leading dims (one row per layer) lead the tables."""
+    lead = inv_freq.shape[:-1]
+    inv = inv_freq.reshape(*lead, *(1,) * positions_bl.ndim, inv_freq.shape[-1])
+    angles = (positions_bl[..., None].astype(jnp.float32) * inv)[..., None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
 def apply_rope(x: jax.Array, positions_bl: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Split-half rotary embedding (the Hugging Face layout). x: [B, L, N, D]."""
-    angles = positions_bl[..., None].astype(jnp.float32) * inv_freq  # [B, L, D/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    return rotate(x, rope_tables(positions_bl, inv_freq))
+
+
+def rotate(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """`apply_rope` from precomputed `rope_tables` (cos, sin) [B, L, 1, D/2]."""
+    cos, sin = tables
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -162,8 +175,23 @@ def _dense(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
     strided copy (tools/bench_train.py measured it at ~15% of a 25M-parameter train step).
     """
     lead, k_in, k_out = x.shape[: x.ndim - n_in], kernel.shape[:n_in], kernel.shape[n_in:]
-    y = x.reshape(-1, math.prod(k_in)) @ kernel.reshape(math.prod(k_in), math.prod(k_out))
+    y = jnp.dot(
+        x.reshape(-1, math.prod(k_in)),
+        kernel.reshape(math.prod(k_in), math.prod(k_out)),
+        preferred_element_type=_accumulation(),
+    ).astype(x.dtype)
     return y.reshape(*lead, *k_out)
+
+
+def _accumulation():
+    """`preferred_element_type` of the model's matmuls: float32 on CPU, else the inputs'.
+
+    XLA:CPU has no fast matmul with a bf16 result: a bf16 x bf16 -> bf16 product ran ~7x
+    slower than the same product accumulated in f32 and rounded after (llama25m decode
+    shapes, batch 16), and a bf16 llama25m train step 11% slower (tools/bench_train.py).
+    Accelerators accumulate bf16 products in f32 themselves; there, asking for f32 would
+    only turn the backward pass's bf16 cotangents into f32 ones. f32 models: no change."""
+    return jnp.float32 if jax.default_backend() == "cpu" else None
 
 
 def _add_adapters(module, cfg, rngs, n_stack: int) -> None:
@@ -235,7 +263,7 @@ class Attention(nnx.Module):
             y = y + getattr(self, f"{name}_bias")[...].astype(x.dtype)
         return y
 
-    def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
+    def __call__(self, x, rope, mask, cache=None):
         """Attention over x's own keys, or, with a cache, over the cache's slots after writing
         x's keys and values at slots [index, index + L). `cache = (k, v, index)` is this
         layer's cache (keys [B, K, Dh, S], values [B, K, S, Dh]); `(k, v, index, layer)`
@@ -247,8 +275,7 @@ class Attention(nnx.Module):
         v = constrain(self._project(x, "v"), ("batch", "length", "kv_heads", "head_dim"))
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q, positions_bl, inv_freq)
-        k = apply_rope(k, positions_bl, inv_freq)
+        q, k = rotate(q, rope), rotate(k, rope)
         # Heads-major layout: values [B, K, L, Dh], keys [B, K, L, Dh] or, in a cache,
         # [B, K, Dh, S] (slots last; see below).
         v = v.transpose(0, 2, 1, 3)
@@ -271,7 +298,13 @@ class Attention(nnx.Module):
             new_cache = (k, v)
             if layer:
                 k, v = k[layer[0]], v[layer[0]]
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
+            # Attend in the cache's dtype where it is wider than the queries' (the CPU
+            # sampler keeps an f32 cache under bf16 compute): casting the few new queries
+            # up is cheap, casting the whole cache down every step is not.
+            if jnp.finfo(k.dtype).bits > jnp.finfo(q.dtype).bits:
+                q = q.astype(k.dtype)
+            else:
+                k, v = k.astype(q.dtype), v.astype(q.dtype)
             scores = "bkgld,bkdm->bkglm"
         scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
         b, length, h, hd = q.shape
@@ -283,12 +316,13 @@ class Attention(nnx.Module):
         # needs to transpose an [L, L] score matrix; only these small per-token tensors move.
         q = q.reshape(b, length, kv, groups, hd) * jnp.asarray(scale, q.dtype)
         q = q.transpose(0, 2, 3, 1, 4)
-        logits = jnp.einsum(scores, q, k).astype(jnp.float32)
+        logits = jnp.einsum(scores, q, k, preferred_element_type=_accumulation())
+        logits = logits.astype(jnp.float32)
         logits = _softcap(logits, cfg.attn_logit_softcap)
         logits = jnp.where(mask, logits, _MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkglm,bkmd->bkgld", probs, v)
-        out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, hd)
+        out = jnp.einsum("bkglm,bkmd->bkgld", probs, v, preferred_element_type=_accumulation())
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, hd).astype(x.dtype)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
         return _linear(self, "o", out, n_in=2), new_cache
 
@@ -328,8 +362,9 @@ class Block(nnx.Module):
             self.post_attn_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
             self.post_mlp_norm = RMSNorm(cfg.d_model, "embed", cfg, rngs, stack)
 
-    def __call__(self, x, positions_bl, mask, inv_freq, cache=None):
-        h, new_cache = self.attn(self.attn_norm(x), positions_bl, mask, inv_freq, cache)
+    def __call__(self, x, rope, mask, cache=None):
+        """`rope`: the layer's `rope_tables` (cos, sin) for x's positions."""
+        h, new_cache = self.attn(self.attn_norm(x), rope, mask, cache)
         if self.post_norms:
             h = self.post_attn_norm(h)
         x = constrain(x + h, ("batch", "length", "embed"))
@@ -377,7 +412,7 @@ class Transformer(nnx.Module):
             for i in range(self.cfg.n_layers)
         ]
 
-    def extend(self, tokens_bt, positions_bt, kv_valid_bs, cache, index, blocks=None):
+    def extend(self, tokens_bt, positions_bt, kv_valid_bs, cache, index, blocks=None, rope=None):
         """Runs T new tokens against a KV cache: the sampler's prefill (T = prompt length)
         and decode (T = 1) step.
 
@@ -394,6 +429,13 @@ class Transformer(nnx.Module):
           block weights while sampling, and compile time that grows with depth.
         - one stacked {"k", "v"} ([layers, ...]): scanned like the training forward, the
           cache in the scan's carry and each layer writing only its new slots in place.
+
+        `rope`: every layer's rotary tables for these positions, `rope_tables(positions_bt,
+        layer_attention(cfg)[0])` ([layers, B, T, 1, Dh/2] each), computed here when None.
+        A decode loop passes tables it made outside the step (the sampler: in the step
+        before, through the loop's carry): made in the step that reads them, XLA fuses the
+        cos/sin into every head's rotation and recomputes them per element (~3% of a llama25m
+        decode call on XLA:CPU, batch 16).
         """
         cfg = self.cfg
         stacked = isinstance(cache, dict)
@@ -403,19 +445,22 @@ class Transformer(nnx.Module):
         causal = key_slot[None, :] <= query_slot[:, None]  # [T, S]
         mask = (causal[None] & (kv_valid_bs[:, None, :] > 0))[:, None, None]
         distance = query_slot[:, None] - key_slot[None, :]  # [T, S]
+        inv_freq_ld, window_l = layer_attention(cfg)
+        if rope is None:
+            rope = rope_tables(positions_bt, inv_freq_ld)
         if stacked:
             x, (k, v) = self._layers(
-                tokens_bt, positions_bt, mask, distance, (cache["k"], cache["v"], index)
+                tokens_bt, positions_bt, mask, distance, (cache["k"], cache["v"], index), rope
             )
             return self.final_norm(x), {"k": k, "v": v}
-        inv_freq_ld, window_l = layer_attention(cfg)
+        cos, sin = rope
         blocks = self.layer_blocks() if blocks is None else blocks
         x = self._embed(tokens_bt)
         new_cache = []
         for layer, block in enumerate(blocks):
             layer_mask = self._window_mask(mask, distance, window_l[layer])
             layer_cache = (cache[layer]["k"], cache[layer]["v"], index)
-            x, (k, v) = block(x, positions_bt, layer_mask, inv_freq_ld[layer], layer_cache)
+            x, (k, v) = block(x, (cos[layer], sin[layer]), layer_mask, layer_cache)
             new_cache.append({"k": k, "v": v})
         return self.final_norm(x), new_cache
 
@@ -434,9 +479,10 @@ class Transformer(nnx.Module):
             x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
         return constrain(x, ("batch", "length", "embed"))
 
-    def _layers(self, tokens_bl, positions_bl, mask, distance=None, cache=None):
+    def _layers(self, tokens_bl, positions_bl, mask, distance=None, cache=None, rope=None):
         """Embedding and the scanned blocks: the residual stream [B, L, D], or, with a
         stacked `cache = (k, v, index)` riding in the scan's carry, `(x, (k, v))`.
+        `rope`: all layers' rotary tables (see `extend`); computed per layer when None.
 
         `distance` [L, S] (query slot - key slot) places keys in sliding windows; it
         defaults to token-index distance, the position distance within a packed document.
@@ -452,11 +498,13 @@ class Transformer(nnx.Module):
 
         def body(carry, xs):
             x, kv = carry
-            layer_state, inv_freq, window, layer = xs
+            layer_state, layer_rope, window, layer = xs
             layer_cache = None if kv is None else (*kv, cache[2], layer)
             block = nnx.merge(graphdef, layer_state)
             layer_mask = self._window_mask(mask, distance, window)
-            return block(x, positions_bl, layer_mask, inv_freq, layer_cache), None
+            if rope is None:  # layer_rope: this layer's inverse frequencies
+                layer_rope = rope_tables(positions_bl, layer_rope)
+            return block(x, layer_rope, layer_mask, layer_cache), None
 
         if cfg.remat != "none":
             if cfg.remat not in _REMAT_POLICIES:
@@ -466,7 +514,7 @@ class Transformer(nnx.Module):
                 )
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
         kv = None if cache is None else cache[:2]
-        xs = (stacked, inv_freq_ld, window_l, jnp.arange(cfg.n_layers))
+        xs = (stacked, inv_freq_ld if rope is None else rope, window_l, jnp.arange(cfg.n_layers))
         x, kv = jax.lax.scan(body, (x, kv), xs)[0]
         return x if cache is None else (x, kv)
 
