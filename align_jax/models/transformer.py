@@ -431,7 +431,8 @@ class Transformer(nnx.Module):
           cache in the scan's carry and each layer writing only its new slots in place.
 
         `rope`: every layer's rotary tables for these positions, `rope_tables(positions_bt,
-        layer_attention(cfg)[0])` ([layers, B, T, 1, Dh/2] each), computed here when None.
+        layer_attention(cfg)[0])` ([layers, B, T, 1, Dh/2] each), or None: each layer
+        computes its own (a prefill's tables for all layers at once could be large).
         A decode loop passes tables it made outside the step (the sampler: in the step
         before, through the loop's carry): made in the step that reads them, XLA fuses the
         cos/sin into every head's rotation and recomputes them per element (~3% of a llama25m
@@ -445,22 +446,23 @@ class Transformer(nnx.Module):
         causal = key_slot[None, :] <= query_slot[:, None]  # [T, S]
         mask = (causal[None] & (kv_valid_bs[:, None, :] > 0))[:, None, None]
         distance = query_slot[:, None] - key_slot[None, :]  # [T, S]
-        inv_freq_ld, window_l = layer_attention(cfg)
-        if rope is None:
-            rope = rope_tables(positions_bt, inv_freq_ld)
         if stacked:
             x, (k, v) = self._layers(
                 tokens_bt, positions_bt, mask, distance, (cache["k"], cache["v"], index), rope
             )
             return self.final_norm(x), {"k": k, "v": v}
-        cos, sin = rope
+        inv_freq_ld, window_l = layer_attention(cfg)
         blocks = self.layer_blocks() if blocks is None else blocks
         x = self._embed(tokens_bt)
         new_cache = []
         for layer, block in enumerate(blocks):
             layer_mask = self._window_mask(mask, distance, window_l[layer])
             layer_cache = (cache[layer]["k"], cache[layer]["v"], index)
-            x, (k, v) = block(x, (cos[layer], sin[layer]), layer_mask, layer_cache)
+            if rope is None:
+                layer_rope = rope_tables(positions_bt, inv_freq_ld[layer])
+            else:
+                layer_rope = (rope[0][layer], rope[1][layer])
+            x, (k, v) = block(x, layer_rope, layer_mask, layer_cache)
             new_cache.append({"k": k, "v": v})
         return self.final_norm(x), new_cache
 
