@@ -22,6 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from align_jax.tree import flatten
+
 
 class CheckpointError(ValueError):
     pass
@@ -99,15 +101,6 @@ def _resolve_state_dir(path: str) -> epath.Path:
     return p / str(steps[-1]) / "state"
 
 
-def _flatten(tree, prefix=()) -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, (*prefix, str(k))))
-        return out
-    return {prefix: tree}
-
-
 # Parameters a later stage may add on top of an earlier stage's model: they start fresh.
 NEW_HEADS = ("score_head",)
 
@@ -138,14 +131,14 @@ def load_params(
     merged = None
     if merge_lora_runs and (run := _lora_run(path)) is not None:
         merged = load_run(run[0], step=run[1])[2]
-        state_dir, stored = f"{run[0]} (adapters merged into its base)", _flatten(merged)
+        state_dir, stored = f"{run[0]} (adapters merged into its base)", flatten(merged)
     else:
         state_dir = _resolve_state_dir(path)
         tree = _stored_tree(state_dir)
         if not isinstance(tree, dict) or "params" not in tree:
             raise CheckpointError(f"config.init_from: '{state_dir}' holds no 'params'")
-        stored = _flatten(dict(tree["params"]))
-    wanted = _flatten(param_shapes)
+        stored = flatten(dict(tree["params"]))
+    wanted = flatten(param_shapes)
     new = {k for k in wanted if k not in stored and k[0] in NEW_HEADS and fresh is not None}
     for key, shape in wanted.items():
         name = "/".join(key)
@@ -192,10 +185,10 @@ def checkpoint_diff(path: str, param_shapes: dict) -> tuple[list[str], list[str]
 
         model_cfg = _run_config(run[0]).model
         model_cfg.lora.rank = 0  # what load_params hands over: the merged model
-        stored = _flatten(models.abstract_params(model_cfg)[1])
+        stored = flatten(models.abstract_params(model_cfg)[1])
     else:
-        stored = _flatten(dict(_stored_tree(_resolve_state_dir(path))["params"]))
-    wanted = _flatten(param_shapes)
+        stored = flatten(dict(_stored_tree(_resolve_state_dir(path))["params"]))
+    wanted = flatten(param_shapes)
     return (
         sorted("/".join(k) for k in wanted if k not in stored),
         sorted("/".join(k) for k in stored if k not in wanted),

@@ -1,5 +1,6 @@
 """Data: document sources, the tokenizer, and grain pipelines that make model batches."""
 
+from align_jax.data.pipeline import to_global_batch
 from align_jax.data.pretrain import (
     FIELDS,
     count_stats,
@@ -8,7 +9,6 @@ from align_jax.data.pretrain import (
     make_eval_iterator,
     make_train_dataset,
     make_train_iterator,
-    to_global_batch,
 )
 from align_jax.data.sources import DataError, DocumentSource, expand_files
 from align_jax.data.tokenizer import Tokenizer, train_tokenizer

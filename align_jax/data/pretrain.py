@@ -52,16 +52,14 @@ Multiprocessing stays off: on a 2-core host the trainer needs the cores.
 
 from __future__ import annotations
 
-import atexit
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import grain
-import jax
 import numpy as np
-from grain.experimental import ConcatThenSplitIterDataset, ThreadPrefetchDatasetIterator
+from grain.experimental import ConcatThenSplitIterDataset
 
+from align_jax.data.pipeline import PadAndSlice, check_config, local_shard, prefetch
 from align_jax.data.sources import DataError, DocumentSource, expand_files
 from align_jax.data.tokenizer import Tokenizer
 
@@ -99,8 +97,8 @@ def make_train_dataset(
     source: DocumentSource | None = None,
 ) -> grain.IterDataset:
     """The train pipeline as a grain IterDataset; see the module docstring for its stages."""
-    _check_cfg(data_cfg)
-    process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
+    check_config(data_cfg)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
     ds = grain.MapDataset.source(source if source is not None else load_source(data_cfg))
     if data_cfg.shuffle:
         ds = ds.shuffle(seed=int(seed) % 2**32)
@@ -108,7 +106,7 @@ def make_train_dataset(
     ds = ds[process_index::process_count]
     ds = _tokenized_rows(ds, data_cfg, tokenizer)
     ds = ds.batch(local_batch, drop_remainder=True)
-    return _prefetch(ds, data_cfg)
+    return prefetch(ds, data_cfg)
 
 
 def make_train_iterator(
@@ -152,14 +150,14 @@ def make_eval_dataset(
     Same fields as training; the last batch is padded to full size with rows whose
     segment_ids and loss_mask are 0.
     """
-    _check_cfg(data_cfg)
-    process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
+    check_config(data_cfg)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
     ds = grain.MapDataset.source(source if source is not None else load_source(data_cfg, "eval"))
     ds = _tokenized_rows(ds, data_cfg, tokenizer)
     ds = ds.batch(data_cfg.batch_size, drop_remainder=False)
     lo = process_index * local_batch
-    ds = ds.map(_PadAndSlice(data_cfg.batch_size, lo, lo + local_batch))
-    return _prefetch(ds, data_cfg)
+    ds = ds.map(PadAndSlice(data_cfg.batch_size, lo, lo + local_batch))
+    return prefetch(ds, data_cfg)
 
 
 def make_eval_iterator(
@@ -182,50 +180,7 @@ def make_eval_iterator(
     )
 
 
-def to_global_batch(
-    local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding | Mapping[str, Any]
-) -> dict[str, jax.Array]:
-    """Global jax.Arrays from every process's local rows (one sharding, or one per field).
-
-    The global batch dimension is the local one times the number of processes that hold
-    shards of `sharding`; which global rows a process's rows become is the sharding's
-    business (the loss is a masked mean, so row order does not matter).
-    """
-    out = {}
-    for name, value in local_batch.items():
-        s = sharding[name] if isinstance(sharding, Mapping) else sharding
-        out[name] = jax.make_array_from_process_local_data(s, np.asarray(value))
-    return out
-
-
 # --- stages -------------------------------------------------------------------------------
-
-
-def _check_cfg(data_cfg) -> None:
-    for key in ("seq_len", "batch_size"):
-        if int(data_cfg[key]) <= 0:
-            raise DataError(f"config.data.{key}={data_cfg[key]}; expected a positive integer")
-    if int(data_cfg.num_epochs) < 0:
-        raise DataError(
-            f"config.data.num_epochs={data_cfg.num_epochs}; expected 0 (forever) or more"
-        )
-
-
-def _local_shard(data_cfg, process_index, process_count) -> tuple[int, int, int]:
-    if process_index is None:
-        process_index = jax.process_index()
-    if process_count is None:
-        process_count = jax.process_count()
-    if not 0 <= process_index < process_count:
-        raise DataError(
-            f"process_index={process_index}; expected 0 <= index < process_count={process_count}"
-        )
-    if data_cfg.batch_size % process_count:
-        raise DataError(
-            f"config.data.batch_size={data_cfg.batch_size} is the global batch; expected a "
-            f"multiple of the process count {process_count}"
-        )
-    return process_index, process_count, data_cfg.batch_size // process_count
 
 
 def _tokenized_rows(ds: grain.MapDataset, data_cfg, tokenizer: Tokenizer) -> grain.IterDataset:
@@ -239,45 +194,6 @@ def _tokenized_rows(ds: grain.MapDataset, data_cfg, tokenizer: Tokenizer) -> gra
         ConcatThenSplitIterDataset(ds, length_struct={"tokens": data_cfg.seq_len + 1})
     )
     return ds.map(_to_fields)
-
-
-def _prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
-    n = int(data_cfg.get("prefetch_batches", 0))
-    return _ThreadPrefetch(ds, n) if n > 0 else ds
-
-
-class _ThreadPrefetch(grain.IterDataset):
-    """grain's thread prefetch, made quiet at interpreter exit.
-
-    In grain 0.2.18 `ThreadPrefetchDatasetIterator.close` is not idempotent and touches
-    module globals, so an iterator still alive at shutdown (a script's global) prints an
-    AttributeError traceback from `__del__`. Live iterators are closed by an atexit hook
-    (modules still intact), and a second `close` is a no-op.
-    """
-
-    def __init__(self, parent: grain.IterDataset, buffer_size: int):
-        super().__init__(parent)
-        self._buffer_size = buffer_size
-
-    def __iter__(self) -> grain.DatasetIterator:
-        it = _ThreadPrefetchIterator(self._parent.__iter__(), self._buffer_size)
-        _LIVE_ITERATORS.add(it)
-        return it
-
-
-class _ThreadPrefetchIterator(ThreadPrefetchDatasetIterator):
-    def close(self) -> None:
-        if not self._closed:
-            super().close()
-
-
-_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
-
-
-@atexit.register
-def _close_live_iterators() -> None:
-    for it in list(_LIVE_ITERATORS):
-        it.close()
 
 
 class _Tokenize(grain.transforms.Map):
@@ -309,22 +225,6 @@ def _to_fields(row: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         "positions": pos[:-1].astype(np.int32),
         "loss_mask": ((seg[:-1] == seg[1:]) & (seg[1:] > 0)).astype(np.float32),
     }
-
-
-class _PadAndSlice(grain.transforms.Map):
-    """Pads a (possibly short) global batch to `size` rows of zeros, keeps rows [lo, hi)."""
-
-    def __init__(self, size: int, lo: int, hi: int):
-        self._size, self._lo, self._hi = size, lo, hi
-
-    def map(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for name, value in batch.items():
-            missing = self._size - value.shape[0]
-            if missing:
-                value = np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)])
-            out[name] = value[self._lo : self._hi]
-        return out
 
 
 def _tuples(state: Any) -> Any:

@@ -21,7 +21,7 @@ import grain
 import numpy as np
 from grain.experimental import FirstFitPackIterDataset
 
-from align_jax.data.pretrain import _check_cfg, _local_shard, _PadAndSlice, _prefetch
+from align_jax.data.pipeline import PadAndSlice, check_config, local_shard, prefetch
 from align_jax.data.records import SFTSource, encode_sft, length_prepass
 from align_jax.data.sources import expand_files
 
@@ -106,21 +106,21 @@ def _rows(ds: grain.MapDataset, data_cfg, tokenizer, bins: int, seed: int) -> gr
 def make_train_iterator(
     data_cfg, tokenizer, *, seed: int, source, process_index=None, process_count=None
 ):
-    _check_cfg(data_cfg)
-    process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
+    check_config(data_cfg)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
     ds = grain.MapDataset.source(source)
     if data_cfg.shuffle:
         ds = ds.shuffle(seed=int(seed) % 2**32)
     ds = ds.repeat(data_cfg.num_epochs or None)[process_index::process_count]
     ds = _rows(ds, data_cfg, tokenizer, bins=local_batch, seed=seed)
-    return iter(_prefetch(ds.batch(local_batch, drop_remainder=True), data_cfg))
+    return iter(prefetch(ds.batch(local_batch, drop_remainder=True), data_cfg))
 
 
 def make_eval_iterator(data_cfg, tokenizer, *, source, process_index=None, process_count=None):
     """One pass in file order; every process packs all of it and keeps its rows of each
     global batch (the same number of batches everywhere; the last padded with zero rows)."""
-    process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
     ds = _rows(grain.MapDataset.source(source), data_cfg, tokenizer, bins=local_batch, seed=0)
     ds = ds.batch(data_cfg.batch_size, drop_remainder=False)
     lo = process_index * local_batch
-    return iter(ds.map(_PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)))
+    return iter(ds.map(PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)))

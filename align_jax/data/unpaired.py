@@ -18,7 +18,7 @@ import grain
 import numpy as np
 
 from align_jax.data.pairs import _WithIndex
-from align_jax.data.pretrain import _check_cfg, _local_shard, _PadAndSlice, _prefetch
+from align_jax.data.pipeline import PadAndSlice, check_config, local_shard, prefetch
 from align_jax.data.records import UnpairedSource, encode_completion, length_prepass
 from align_jax.data.sources import expand_files
 
@@ -78,22 +78,22 @@ def make_train_iterator(
 ):
     """Train batches; `ref_table` [N, 2] float32 (column 0: the reference log-prob of each
     record's completion) adds a `ref_logps` field."""
-    _check_cfg(data_cfg)
-    process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
+    check_config(data_cfg)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
     ds = grain.MapDataset.source(source)
     if data_cfg.shuffle:
         ds = ds.shuffle(seed=int(seed) % 2**32)
     ds = ds.repeat(data_cfg.num_epochs or None)[process_index::process_count]
     ds = ds.map(_Encode(tokenizer, data_cfg, ref_table)).batch(local_batch, drop_remainder=True)
-    return iter(_prefetch(ds.to_iter_dataset(), data_cfg))
+    return iter(prefetch(ds.to_iter_dataset(), data_cfg))
 
 
 def make_eval_iterator(
     data_cfg, tokenizer, *, source, process_index=None, process_count=None, ref_table=None
 ):
     """One pass in file order; the last global batch is padded with `valid = 0` examples."""
-    process_index, process_count, local_batch = _local_shard(data_cfg, process_index, process_count)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
     ds = grain.MapDataset.source(source).map(_Encode(tokenizer, data_cfg, ref_table))
     ds = ds.batch(data_cfg.batch_size, drop_remainder=False)
     lo = process_index * local_batch
-    return iter(ds.map(_PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)))
+    return iter(ds.map(PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)))

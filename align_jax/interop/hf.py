@@ -31,9 +31,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from align_jax.checkpoint import _flatten
 from align_jax.interop.safetensors import Checkpoint, SafetensorsError, write_checkpoint
-from align_jax.models.build import _nested
+from align_jax.models import jnp_dtype
+from align_jax.tree import flatten, nest
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -397,10 +397,10 @@ def load_params(
     except SafetensorsError as e:
         raise InteropError(str(e)) from None
     tensors = _tensor_map(cfg, hf["model_type"])
-    fresh_values = _flatten(fresh) if fresh is not None else {}
-    shardings = _flatten(param_shardings)
+    fresh_values = flatten(fresh) if fresh is not None else {}
+    shardings = flatten(param_shardings)
     params: dict = {}  # flat, keyed by path
-    for path, shape_struct in _flatten(param_shapes).items():
+    for path, shape_struct in flatten(param_shapes).items():
         shape = tuple(shape_struct.shape)
         name = "/".join(path)
         if path not in tensors:
@@ -443,7 +443,7 @@ def load_params(
             return np.stack([one(layer)[index[1:]] for layer in layers])
 
         params[path] = jax.make_array_from_callback(shape, shardings[path], block)
-    return _nested(params)
+    return nest(params)
 
 
 def checkpoint_diff(hf_dir: str, param_shapes: dict) -> tuple[list[str], list[str]]:
@@ -451,7 +451,7 @@ def checkpoint_diff(hf_dir: str, param_shapes: dict) -> tuple[list[str], list[st
     hf = read_hf_config(hf_dir)
     tensors = _tensor_map(model_config_from_hf(hf), hf["model_type"])
     added, used = [], set()
-    for path, shape in _flatten(param_shapes).items():
+    for path, shape in flatten(param_shapes).items():
         if path not in tensors:
             added.append("/".join(path))
             continue
@@ -539,7 +539,6 @@ def export_checkpoint(
     """Writes the LM of a run directory (or one of its `checkpoints/<step>` folders) as
     safetensors + config.json (+ the run's tokenizer files) that transformers loads."""
     from align_jax import checkpoint as ckpt
-    from align_jax.models.transformer import _dtype
 
     ckpt_dir, step = ckpt.run_and_step(ckpt_dir)
     config, _, params, _ = ckpt.load_run(ckpt_dir, step=step)
@@ -549,7 +548,7 @@ def export_checkpoint(
             f"{ckpt_dir}: a {cfg.head!r}-head model has no Hugging Face causal-LM form"
         )
     dtype = dtype or cfg.param_dtype
-    np_dtype = np.dtype(_dtype(dtype))
+    np_dtype = np.dtype(jnp_dtype(dtype))
     special = {}
     tokenizer_path = config.data.get("tokenizer", "")
     if tokenizer_path and os.path.exists(tokenizer_path):
@@ -560,7 +559,7 @@ def export_checkpoint(
         special = {k: (v if v is not None and v >= 0 else None) for k, v in special.items()}
     hf = hf_config_from_model(cfg, dtype=dtype, special_ids=special)
     tensors = _tensor_map(cfg, hf["model_type"])
-    flat = _flatten(params)
+    flat = flatten(params)
 
     def arrays():
         for path, (template, kind) in tensors.items():

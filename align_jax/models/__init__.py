@@ -13,6 +13,7 @@ from align_jax.models.lora import settings as lora_settings
 from align_jax.models.transformer import (
     Transformer,
     count_params,
+    jnp_dtype,
     train_flops_per_token,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "apply_scores",
     "count_params",
     "init_params",
+    "jnp_dtype",
     "lora_settings",
     "merge_lora",
     "param_shardings",

@@ -15,16 +15,7 @@ from flax import nnx
 from align_jax import parallel
 from align_jax.losses import token_logprobs
 from align_jax.models.transformer import Transformer
-
-
-def _nested(flat: dict) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return out
+from align_jax.tree import nest
 
 
 def abstract_params(model_cfg, module_fn=None):
@@ -37,8 +28,8 @@ def abstract_params(model_cfg, module_fn=None):
     abstract = nnx.eval_shape(lambda: module_fn(nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
-    shapes = _nested({p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in flat.items()})
-    axes = _nested({p: tuple(v.get_metadata()["axes"]) for p, v in flat.items()})
+    shapes = nest({p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in flat.items()})
+    axes = nest({p: tuple(v.get_metadata()["axes"]) for p, v in flat.items()})
     return graphdef, shapes, axes
 
 

@@ -34,7 +34,8 @@ _REMAT_POLICIES = {
 _MASK_VALUE = -1e30  # finite, so fully masked (padding) rows give uniform weights, not NaN
 
 
-def _dtype(name: str):
+def jnp_dtype(name: str):
+    """The jnp dtype of a config dtype name (`float32`, `bfloat16`, `float16`)."""
     try:
         return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
     except KeyError:
@@ -44,7 +45,7 @@ def _dtype(name: str):
 
 
 def _param(rngs, shape, axes, cfg, init: str) -> nnx.Param:
-    dtype = _dtype(cfg.param_dtype)
+    dtype = jnp_dtype(cfg.param_dtype)
     if init == "normal":
         value = cfg.init_std * jax.random.normal(rngs.params(), shape, dtype)
     elif init == "ones":
@@ -211,7 +212,7 @@ def _add_adapters(module, cfg, rngs, n_stack: int) -> None:
         shape, axes = kernel[...].shape, tuple(kernel.get_metadata()["axes"])
         bound = 1.0 / math.sqrt(math.prod(shape[n_stack:cut]))
         a = jax.random.uniform(
-            rngs.params(), (*shape[:cut], lora.rank), _dtype(cfg.param_dtype), -bound, bound
+            rngs.params(), (*shape[:cut], lora.rank), jnp_dtype(cfg.param_dtype), -bound, bound
         )
         setattr(module, f"{name}_lora_a", nnx.Param(a, axes=(*axes[:cut], None)))
         b_shape = (*shape[:n_stack], lora.rank, *shape[cut:])
@@ -472,7 +473,7 @@ class Transformer(nnx.Module):
 
     def _embed(self, tokens_bl):
         cfg = self.cfg
-        dtype = _dtype(cfg.dtype)
+        dtype = jnp_dtype(cfg.dtype)
         # Gather from a table replicated over `vocab` (kept split over `embed`): a gather from
         # a vocab-split table makes GSPMD replicate it anyway, with a warning per call.
         table = constrain(self.embedding[...], (None, "embed"))
@@ -558,7 +559,7 @@ def init_cache(cfg, batch: int, length: int, dtype=None, *, stacked: bool = Fals
     """An empty KV cache of `length` slots: keys [B, kv_heads, head_dim, S] (slots last) and
     values [B, kv_heads, S, head_dim], as a list of per-layer {"k", "v"} or, `stacked`, one
     {"k", "v"} with a leading `layers` dimension (see `Transformer.extend`)."""
-    dtype = dtype or _dtype(cfg.dtype)
+    dtype = dtype or jnp_dtype(cfg.dtype)
     kv, hd, n = cfg.n_kv_heads, cfg.head_dim, cfg.n_layers
     shapes = {"k": (batch, kv, hd, length), "v": (batch, kv, length, hd)}
     if stacked:

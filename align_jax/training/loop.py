@@ -28,6 +28,7 @@ from align_jax.data import pairs as pairs_data
 from align_jax.data import pretrain as pretrain_data
 from align_jax.data import sft as sft_data
 from align_jax.data import unpaired as unpaired_data
+from align_jax.data.pipeline import to_global_batch
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.interop import hf
 from align_jax.training import lora as lora_training
@@ -263,7 +264,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
         step = start
         try:
             while step < config.total_steps:
-                global_batch = pretrain_data.to_global_batch(batch, batch_sharding)
+                global_batch = to_global_batch(batch, batch_sharding)
                 rng = jax.random.fold_in(base_rng, step)
                 state, step_metrics = train_step(state, global_batch, rng, frozen)
                 throughput.add(objective.tokens_per_batch(batch) * jax.process_count())
@@ -327,7 +328,7 @@ def evaluate(
         if config.eval_steps and i >= config.eval_steps:
             break
         batch_sharding = step_lib.batch_shardings(batch, mesh, rules)
-        global_batch = pretrain_data.to_global_batch(batch, batch_sharding)
+        global_batch = to_global_batch(batch, batch_sharding)
         ls, dn, ms = eval_step(state["params"], global_batch, jax.random.key(0), frozen)
         loss_sum += float(ls)
         denom += float(dn)
@@ -389,7 +390,7 @@ def _reference(
             for batch in data.make_eval_iterator(config.data, tokenizer, source=source):
                 sh = step_lib.batch_shardings(batch, mesh, rules)
                 c, r, index, valid = jax.device_get(
-                    fn(ref_params, pretrain_data.to_global_batch(batch, sh))
+                    fn(ref_params, to_global_batch(batch, sh))
                 )
                 keep = valid > 0
                 table[index[keep], 0], table[index[keep], 1] = c[keep], r[keep]

@@ -19,6 +19,7 @@ from align_jax.training import loop
 from align_jax.training import lora as lora_training
 from align_jax.training import step as step_lib
 from align_jax.training.optimizer import make_optimizer
+from align_jax.tree import flatten
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "objectives"))
@@ -164,7 +165,7 @@ def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
     assert evals[-1]["eval_reward_accuracy"] > 0.8 and evals[-1]["eval_kl_ref"] > 0
 
     # The checkpoint holds the adapters and nothing else.
-    stored = ckpt._flatten(dict(ckpt._stored_tree(ckpt._resolve_state_dir(str(full)))["params"]))
+    stored = flatten(dict(ckpt._stored_tree(ckpt._resolve_state_dir(str(full)))["params"]))
     assert stored and all(lora.is_adapter(k[-1]) for k in stored)
 
     # load_run: the base from the run's init_from with the adapters merged in, a plain model.
@@ -204,8 +205,8 @@ def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
     plain_shapes, plain_axes = abstract_params(run_cfg.model)[1:]
     plain_sh = param_shardings(plain_shapes, plain_axes, run_mesh, DEFAULT_RULES)
     handed = ckpt.load_params(str(full), plain_shapes, plain_sh)
-    for path, value in ckpt._flatten(merged).items():
-        np.testing.assert_array_equal(ckpt._flatten(handed)[path], value, err_msg=str(path))
+    for path, value in flatten(merged).items():
+        np.testing.assert_array_equal(flatten(handed)[path], value, err_msg=str(path))
     assert ckpt.checkpoint_diff(str(full), plain_shapes) == ([], [])
     chain = tmp_path / "chain"
     loop.train(config("dpo/tiny.py", data, init_from=str(full), total_steps=1), str(chain))
