@@ -1,9 +1,11 @@
 """The config every stage shares: one place that names the fields scripts rely on.
 
-A config file under `configs/<stage>/` calls `base_config()` and fills in what differs, then
-returns it locked (`lock_config=True` in the CLI), so a mistyped `--config.a.b=v` is an error
-naming the key. Names here are contracts: `total_steps`, `log_every`, `eval_every`,
-`checkpoint_every`, `seed`, `init_from`, `mesh`, `model`, `optimizer`, `data`, `objective`.
+Names here are contracts: `total_steps`, `log_every`, `eval_every`, `checkpoint_every`,
+`seed`, `init_from`, `mesh`, `model`, `optimizer`, `data`, and `objective`, which each
+objective fills with its own keys: a config file under `configs/<stage>/` starts from
+`align_jax.objectives.config_for(name)` (this module's `base_config()` plus that objective's
+`config.objective`) and sets what differs. The command line (align_jax/cli.py) locks it, so
+a mistyped `--config.a.b=v` is an error naming the key.
 """
 
 from __future__ import annotations
@@ -129,8 +131,8 @@ def model_config(preset: str | None = None, **overrides) -> ml_collections.Confi
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every field but `objective` (align_jax.objectives.config_for adds it), with defaults."""
     c = ml_collections.ConfigDict()
-    c.stage = "pretrain"
     c.seed = 0
     c.total_steps = 1000
     c.log_every = 10
@@ -187,35 +189,4 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.list_size = 4
     c.data.read_threads = 0  # threads reading + tokenizing documents; 0: inline
     c.data.prefetch_batches = 2  # batches built ahead in a background thread; 0: off
-
-    c.objective = ml_collections.ConfigDict()
-    c.objective.name = "pretrain"
-    c.objective.loss_type = "cross_entropy"
-    c.objective.z_loss = 0.0
-    c.objective.center_coef = 0.0  # reward model: c * (r_chosen + r_rejected)^2
-    # Preference optimisation (DPO family; align_jax/objectives/dpo.py).
-    c.objective.beta = 0.1
-    c.objective.label_smoothing = 0.0
-    c.objective.loss_weights = ""  # comma list, one per comma-joined loss_type; "" = all 1
-    c.objective.soft_labels = False  # use the pairs' `label` field as soft preference q
-    # f_divergence: reverse_kl | forward_kl | js_divergence | alpha_divergence
-    c.objective.f_divergence = "reverse_kl"
-    c.objective.f_alpha = 0.5
-    c.objective.wpo = False  # WPO pair weights (arXiv 2406.11827)
-    c.objective.ld_alpha = 1.0  # < 1: LD-DPO length desensitisation (arXiv 2409.06411)
-    c.objective.reference_from = ""  # "" = config.init_from
-    c.objective.precompute_ref_logps = False  # one pass before training, cached in workdir
-    # Listwise (align_jax/objectives/listwise.py): soft_pairwise turns scores into soft labels
-    # q_ij = sigmoid((s_i - s_j) / score_tau).
-    c.objective.score_tau = 1.0
-    # KTO (align_jax/objectives/kto.py): loss weights of desirable / undesirable examples
-    # (TRL's names; the KTO paper keeps w_d * n_d / (w_u * n_u) in [1, 4/3]).
-    c.objective.desirable_weight = 1.0
-    c.objective.undesirable_weight = 1.0
-    # Reference-free pair objectives (align_jax/objectives/reference_free.py); they use
-    # `beta` and `label_smoothing` too. SimPO's margin gamma (the SimPO repository's base
-    # setting is beta=2, gamma=1; TRL's simpo_gamma defaults to 0.5).
-    c.objective.simpo_gamma = 1.0
-    c.objective.cpo_alpha = 1.0  # CPO: weight of the NLL term on chosen (TRL's cpo_alpha)
-    c.objective.orpo_lambda = 0.1  # ORPO: weight of the odds-ratio term (TRL calls it beta)
     return c

@@ -16,11 +16,11 @@ tokenizer's own template with its generation prompt.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from align_jax import checkpoint as ckpt
+from align_jax import cli, loading
 from align_jax.data.records import CHAT_TEMPLATES, CHECKPOINT_TEMPLATE
 from align_jax.data.sources import DataError
 from align_jax.data.tokenizer import Tokenizer
@@ -56,7 +56,7 @@ def render(prompt: str, chat_template: str | None, tokenizer: Tokenizer) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.ArgumentParser(prog="python -m align_jax.generate", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="run directory of any stage (an LM head)")
     p.add_argument("--input", default="-", help="prompts: JSONL with 'prompt', or - for lines")
     p.add_argument("--output", default="-")
@@ -70,10 +70,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=16, help="prompts per sampler call")
     p.add_argument("--chat", action="store_true", help="render prompts with the chat template")
     p.add_argument("--reward_workdir", default=None, help="score samples with this reward model")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except cli.UsageError as e:
+        return cli.report(e)
     try:
         records = read_prompts(args.input)
-        config, graphdef, params, mesh = ckpt.load_run(args.workdir, step=args.step)
+        config, graphdef, params, mesh = loading.load_run(args.workdir, step=args.step)
         if config.model.head != "lm":
             raise DataError(f"{args.workdir}: a {config.model.head!r}-head model cannot generate")
         tokenizer = Tokenizer.load(config.data.tokenizer)
@@ -116,10 +119,10 @@ def main(argv=None) -> int:
             )
             for r, s in zip(results, scores, strict=True):
                 r["score"] = float(s)
-    except (DataError, ckpt.CheckpointError, ValueError) as e:
+        out_file = sys.stdout if args.output == "-" else open(args.output, "w")
+    except (DataError, ckpt.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    out_file = sys.stdout if args.output == "-" else open(args.output, "w")
     with out_file:
         for r in results:
             out_file.write(json.dumps(r) + "\n")

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from align_jax import checkpoint as ckpt
-from align_jax import parallel
+from align_jax import cli, loading, parallel
 from align_jax.data.records import encode_completion
 from align_jax.data.sources import DataError
 from align_jax.data.tokenizer import Tokenizer
@@ -49,7 +49,7 @@ class RewardScorer:
 
     @classmethod
     def load(cls, workdir: str, *, step: int | None = None, batch_size: int = 16, mesh=None):
-        config, graphdef, params, mesh = ckpt.load_run(workdir, step=step, mesh=mesh)
+        config, graphdef, params, mesh = loading.load_run(workdir, step=step, mesh=mesh)
         if config.model.head != "scalar":
             raise DataError(
                 f"{workdir}: config.model.head is {config.model.head!r}; expected a reward "
@@ -108,25 +108,27 @@ def _read_records(path: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description="Score prompt/completion JSONL with a reward model."
+    parser = cli.ArgumentParser(
+        prog="python -m align_jax.score",
+        description="Score prompt/completion JSONL with a reward model.",
     )
     parser.add_argument("--workdir", required=True, help="the reward model's run directory")
     parser.add_argument("--input", default="-", help="JSONL file with prompt and completion, or -")
     parser.add_argument("--output", default="-", help="where to write JSONL with scores, or -")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--batch_size", type=int, default=16)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except cli.UsageError as e:
+        return cli.report(e)
     try:
         records = _read_records(args.input)
         scorer = RewardScorer.load(args.workdir, step=args.step, batch_size=args.batch_size)
         scores = scorer.score([r["prompt"] for r in records], [r["completion"] for r in records])
-    except (DataError, ckpt.CheckpointError) as e:
+        out = sys.stdout if args.output == "-" else open(args.output, "w")
+    except (DataError, ckpt.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    out = sys.stdout if args.output == "-" else open(args.output, "w")
     with out:
         for record, s in zip(records, scores, strict=True):
             out.write(json.dumps({**record, "score": float(s)}) + "\n")

@@ -3,8 +3,9 @@
     python -m align_jax.train --config=configs/pretrain/tiny.py --workdir=runs/tiny \
         [--config.optimizer.learning_rate=1e-3 ...]
 
-The config is loaded locked, so an unknown `--config.x` key is an error naming it. Running
-again with the same workdir resumes from its latest checkpoint.
+The config is loaded locked (align_jax/cli.py), so an unknown `--config.x` key is a one-line
+error naming it and the valid keys near it. Running again with the same workdir resumes
+from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -12,54 +13,61 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+import jax
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file: configs/<stage>/<name>.py[:arg]", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Call jax.distributed.initialize() first: multi-host TPU pods detect their peers; "
-    "elsewhere give --coordinator_address, --num_processes and --process_id.",
-)
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 (with --distributed; auto on TPU pods)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+from align_jax import cli
+from align_jax.training.errors import TrainingError
+from align_jax.training.loop import train
 
 
-def main(argv):
-    del argv
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="python -m align_jax.train", description=__doc__.splitlines()[0])
+    cli.add_config_flag(p)
+    p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first: multi-host TPU pods detect their peers; "
+        "elsewhere give --coordinator_address, --num_processes and --process_id",
+    )
+    p.add_argument(
+        "--coordinator_address", default=None, help="host:port of process 0 (with --distributed)"
+    )
+    p.add_argument("--num_processes", type=int, default=None, help="processes in the job")
+    p.add_argument("--process_id", type=int, default=None, help="this process's index")
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args, config = cli.parse_with_config(parser(), argv)
+    except cli.UsageError as e:
+        return cli.report(e)
+    # force: importing orbax (through the loop) already gave the root logger a default handler.
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+        force=True,
     )
     logging.getLogger("absl").setLevel(logging.WARNING)
-    import jax
-
-    if _DISTRIBUTED.value:
+    if args.distributed:
         if jax.config.jax_platforms == "cpu":  # CPU collectives across processes need gloo
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
         )
-
-    from align_jax.checkpoint import CheckpointError
-    from align_jax.data.sources import DataError
-    from align_jax.training.loop import TrainingError, train
-
     try:
-        train(_CONFIG.value, _WORKDIR.value)
-    except (TrainingError, DataError, CheckpointError, ValueError) as e:
-        logging.getLogger("align_jax").error("%s", e)
-        sys.exit(f"error: {e}")
+        train(config, args.workdir)
+    except (TrainingError, ValueError, OSError) as e:
+        # Data, checkpoint and config errors are ValueErrors whose message names the file,
+        # line or key: that line is the whole report.
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

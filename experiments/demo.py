@@ -75,8 +75,8 @@ def export_hf(policy_dir: str, hf_dir: str) -> float:
     returns the largest logit difference from the run's own model (0 up to float rounding)."""
     import numpy as np
 
-    from align_jax.checkpoint import load_run
     from align_jax.interop.hf import load_hf
+    from align_jax.loading import load_run
     from align_jax.models import apply_model
 
     cmd = [sys.executable, "-m", "align_jax.interop.hf", "export", policy_dir, hf_dir]

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,23 @@ SCRIPT = ROOT / "experiments" / "tiny_corpus.py"
 _spec = importlib.util.spec_from_file_location("tiny_corpus", SCRIPT)
 tiny_corpus = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny_corpus)
+
+
+# The test's own number words (0..20) and claim pattern, independent of the module's parser.
+NUMBERS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+CLAIM = re.compile(r"([a-z]+) (plus|minus) ([a-z]+) is ([a-z]+)\.")
+
+
+def claims_in(text):
+    """(a, op, b, c) of every sentence 'a plus/minus b is c.', numbers as ints."""
+    sentences = [CLAIM.fullmatch(s) for s in re.split(r"(?<=\.) ", text)]
+    return [(NUMBERS[m[1]], m[2], NUMBERS[m[3]], NUMBERS[m[4]]) for m in sentences if m is not None]
 
 
 def read_texts(path):
@@ -44,12 +62,17 @@ def test_deterministic_per_seed(tmp_path):
 
 def test_arithmetic_sentences_are_correct(tmp_path):
     paths = tiny_corpus.write_corpus(tmp_path, n_train=1000, n_eval=0, seed=1)
-    claims = [c for t in read_texts(paths["train"]) for c in tiny_corpus.parse_arithmetic(t)]
+    texts = read_texts(paths["train"])
+    claims = [c for t in texts for c in claims_in(t)]
     assert len(claims) > 200  # about a fifth of ~3000 sentences
-    assert {op for _, op, _, _, _ in claims} == {"plus", "minus"}
-    for a, op, b, c, correct in claims:
-        assert correct, (a, op, b, c)
-        assert 0 <= c <= tiny_corpus.MAX_NUMBER
+    assert sum(t.count(" plus ") + t.count(" minus ") for t in texts) == len(claims)
+    assert {op for _, op, _, _ in claims} == {"plus", "minus"}
+    for a, op, b, c in claims:
+        assert c == (a + b if op == "plus" else a - b), (a, op, b, c)
+        assert 0 <= c <= 20
+    # The module's own checker reads the same claims and finds them all correct.
+    parsed = [c for t in texts for c in tiny_corpus.parse_arithmetic(t)]
+    assert parsed == [(*claim, True) for claim in claims]
 
 
 def test_arithmetic_helpers():

@@ -20,13 +20,14 @@ includes compilation). A failed run is reported in the table and the exit status
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+from align_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,8 +42,8 @@ COLUMNS = (
 )
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None):
+    p = cli.ArgumentParser(prog="tools/ablate_dpo.py", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="config file[:arg], as for align_jax.train")
     p.add_argument("--init_from", default="", help="policy and reference checkpoint (SFT run)")
     p.add_argument("--loss_types", required=True, help="comma list; '+' joins a combination")
@@ -62,6 +63,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         if "=" not in item:
             p.error(f"--set {item!r}; expected KEY=VALUE, e.g. objective.beta=0.2")
     return args
+
+
+def check_config(args) -> None:
+    """Loads the config and applies every override as each run's command line will, so a
+    missing file or a mistyped key fails once, here, before any run starts."""
+    config = cli.load_config(args.config)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        cli.set_override(config, key, value, flag=f"--set {key}")
+    for loss_type in args.loss_types:
+        cli.set_override(
+            config, "objective.loss_type", loss_type.replace("+", ","), flag="--loss_types"
+        )
 
 
 def command(args, loss_type: str, workdir: str) -> list[str]:
@@ -161,7 +175,11 @@ def write_outputs(workdir: str, rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+        check_config(args)
+    except cli.UsageError as e:
+        return cli.report(e)
     rows = run(args)
     table = write_outputs(args.workdir, rows)
     print(table, end="")

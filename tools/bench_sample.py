@@ -18,7 +18,7 @@ top_p=1.0, min_new_tokens=max_new_tokens`), so every row generates exactly 128 t
 Configs (`--configs`):
 
 - `tiny`: the `tiny` preset of `align_jax.config.MODEL_PRESETS` (0.5M parameters).
-- `ref5m`: DESIGN.md's peers-table shape (d=256, 4 layers, 4 heads of 64, 2 KV heads,
+- `ref5m`: the reference shape of the peer comparisons (d=256, 4 layers, 4 heads of 64, 2 KV heads,
   MLP 768, vocab 4096, untied; 5,245,184 parameters), so figures compare with that table.
 - `llama25m`: the Llama-shaped shape of tools/bench_train.py (d=512, 6 layers, 8 heads of
   64, 4 KV heads, MLP 1408, vocab 8192, untied; 26,089,984 parameters).
@@ -96,9 +96,12 @@ SHAPES = {
 }
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def parse_args(argv, cli):
+    """The flags, checked; `cli` is align_jax.cli (one-line errors: `cli.UsageError`)."""
+    p = cli.ArgumentParser(
+        prog="tools/bench_sample.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {CONFIGS}")
     p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
@@ -130,8 +133,17 @@ def parse_args(argv=None):
         help="parameter and compute dtype of both models",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hf_worker", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        raise cli.UsageError(f"--configs: unknown {unknown}; choose from {CONFIGS}")
+    try:
+        args.batches = [int(b) for b in args.batches.split(",") if b]
+    except ValueError:
+        raise cli.UsageError(f"--batches={args.batches!r}; expected integers, e.g. 1,16") from None
+    args.configs = configs
+    return args
 
 
 def model_fields(name: str, dtype: str = "float32") -> dict:
@@ -298,7 +310,7 @@ class JaxSide:
     def breakdown(self, prompts, sp, runs: int, extra_slots: int = 512) -> dict:
         """Parts of a sampler call, each its own jitted function built from the pieces the
         sampler uses: the prefill (`extend` over the prompt + LM head), the sampling choice
-        (`_choose`: filtering, the draw, the log-prob), and the model part of a decode step
+        (`choose_tokens`: filtering, the draw, the log-prob), and the model part of a decode step
         (`extend` of one token + LM head, timed over 16 steps of a loop as in the sampler)
         with the sampler's cache length and with
         `extra_slots` more (empty, masked) cache slots. Attention over the extra slots adds
@@ -308,8 +320,9 @@ class JaxSide:
         from flax import nnx
 
         from align_jax import parallel
-        from align_jax.models.transformer import init_cache, layer_attention, rope_tables
-        from align_jax.rollout import sampler as sampler_mod
+        from align_jax.models.decode import extend, init_cache, layer_blocks
+        from align_jax.models.layers import layer_attention, rope_tables
+        from align_jax.rollout.sampler import choose_tokens
 
         batch, plen = len(prompts), len(prompts[0])
         tokens = jnp.asarray(prompts, jnp.int32)
@@ -325,7 +338,7 @@ class JaxSide:
                 model = nnx.merge(graphdef, params)
                 cache = init_cache(cfg, batch, kv_valid.shape[1], self.sampler.cache_dtype)
                 pos = jnp.broadcast_to(jnp.arange(plen), tokens.shape)
-                hidden, cache = model.extend(tokens, pos, kv_valid, cache, 0)
+                hidden, cache = extend(model, tokens, pos, kv_valid, cache, 0)
                 return model.logits(hidden[:, -1:])[:, 0], cache
 
         def model_step(params, cache, kv_valid, token, steps):
@@ -336,14 +349,14 @@ class JaxSide:
             # (slicing the layers, copying the cache).
             with parallel.sharding_context(mesh, rules):
                 model = nnx.merge(graphdef, params)
-                blocks = model.layer_blocks()
+                blocks = layer_blocks(model)
                 pos = jnp.full((batch, 1), plen, jnp.int32)
                 inv_freq = layer_attention(cfg)[0]
 
                 def body(_, carry):
                     cache, token, rope = carry
-                    hidden, cache = model.extend(
-                        token[:, None], pos, kv_valid, cache, plen, blocks, rope
+                    hidden, cache = extend(
+                        model, token[:, None], pos, kv_valid, cache, plen, blocks, rope
                     )
                     token = jnp.argmax(model.logits(hidden)[:, 0], -1).astype(jnp.int32)
                     return cache, token, rope
@@ -352,7 +365,7 @@ class JaxSide:
                 return jax.lax.fori_loop(0, steps, body, (cache, token, rope))
 
         def choose(logits, rng):  # the sampler draws all steps' uniforms before its loop
-            return sampler_mod._choose(logits, jax.random.uniform(rng, (batch,)), sp)
+            return choose_tokens(logits, jax.random.uniform(rng, (batch,)), sp)
 
         prefill_j, choose_j = jax.jit(prefill), jax.jit(choose)
         step_j = jax.jit(model_step, static_argnames="steps")
@@ -425,22 +438,27 @@ def _wait_quiet(max_wait: float, threshold: float = 0.1) -> float:
     return busy
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.hf_worker:
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--hf_worker"]:
+        # The HF side runs this file in the benchmark venv, which has no align_jax: nothing
+        # below (nor at the top of the file) may import it on this path.
         hf_worker()
-        return
+        return 0
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, ROOT)
     import jax
 
+    from align_jax import cli
+
+    try:
+        args = parse_args(argv, cli)
+    except cli.UsageError as e:
+        return cli.report(e)
+
     from align_jax.rollout import SamplingParams
 
-    configs = [c for c in args.configs.split(",") if c]
-    unknown = sorted(set(configs) - set(CONFIGS))
-    if unknown:
-        raise SystemExit(f"unknown configs {unknown}; choose from {CONFIGS}")
-    batches = [int(b) for b in args.batches.split(",") if b]
+    configs, batches = args.configs, args.batches
     sp = SamplingParams(max_new_tokens=args.new_tokens, temperature=args.temperature)
     hf = None if args.no_hf else HFClient(args.hf_python)
     print(
@@ -583,7 +601,8 @@ def main(argv=None) -> None:
     print()
     for r in rows:
         print("RESULT " + json.dumps(r))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,12 +24,13 @@ Output: a table, then one JSON line per config (prefix `RESULT `, easy to grep).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
+
+from align_jax import cli  # imports no jax: XLA_FLAGS can still be set (_set_env)
 
 CONFIGS = ("tiny", "llama25m")
 # Per-config default (batch, seq): the tiny config's own data shape; for llama25m a batch
@@ -38,8 +39,10 @@ DEFAULT_SHAPES = {"tiny": (16, 128), "llama25m": (8, 512)}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = cli.ArgumentParser(
+        prog="tools/bench_train.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {CONFIGS}")
     p.add_argument("--steps", type=int, default=8, help="timed train steps per config")
@@ -68,7 +71,12 @@ def parse_args(argv=None):
         help="appended to XLA_FLAGS before jax starts, e.g. '--xla_cpu_prefer_vector_width=512'",
     )
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.configs = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown:
+        raise cli.UsageError(f"--configs: unknown {unknown}; choose from {CONFIGS}")
+    return args
 
 
 def _set_env(devices: int, extra_flags: str = "") -> None:
@@ -84,24 +92,16 @@ def _repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_config_file(relpath: str):
-    path = os.path.join(_repo_root(), relpath)
-    spec = importlib.util.spec_from_file_location("_bench_cfg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def make_config(name: str, args):
     """The run config for `name`, with the benchmark's overrides."""
-    from align_jax.config import base_config
+    from align_jax.objectives import config_for
 
     if name == "tiny":
-        c = _load_config_file("configs/pretrain/tiny.py")
-    elif name == "llama25m":
-        # Llama-shaped, 26,089,984 parameters (count_params; 17.7M of them in the layers,
-        # 8.4M in the untied embedding + LM head).
-        c = base_config()
+        c = cli.load_config(os.path.join(_repo_root(), "configs", "pretrain", "tiny.py"))
+    else:
+        # llama25m: Llama-shaped, 26,089,984 parameters (count_params; 17.7M of them in the
+        # layers, 8.4M in the untied embedding + LM head).
+        c = config_for("pretrain")
         c.model.update(
             vocab_size=8192,
             d_model=512,
@@ -112,8 +112,6 @@ def make_config(name: str, args):
             mlp_dim=1408,
             max_seq_len=2048,
         )
-    else:
-        raise SystemExit(f"unknown config '{name}'; choose from {CONFIGS}")
     batch, seq = DEFAULT_SHAPES[name]
     c.data.batch_size = args.batch or batch
     c.data.seq_len = args.seq or seq
@@ -124,7 +122,6 @@ def make_config(name: str, args):
         c.model.dtype = args.dtype
     c.total_steps = 10_000  # the schedule only; keeps the benchmark in the warmup-free regime
     c.optimizer.warmup_steps = 10
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
     return c
 
 
@@ -329,12 +326,14 @@ def _print_peak(label: str, peak: dict) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except cli.UsageError as e:
+        return cli.report(e)
     _set_env(args.devices, args.xla_flags)
-    sys.path.insert(0, _repo_root())
     import jax
 
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    names = args.configs
     if len(jax.devices()) < args.devices:
         raise SystemExit(f"--devices={args.devices} but jax sees {len(jax.devices())}")
     print(

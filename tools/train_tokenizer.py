@@ -8,15 +8,17 @@ and set `config.model.vocab_size` to at least the printed vocab size.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from align_jax import cli
 from align_jax.data.sources import DataError, expand_files
 from align_jax.data.tokenizer import train_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(
+        prog="tools/train_tokenizer.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--input", required=True, help="comma-separated files or globs")
     parser.add_argument("--model_prefix", required=True, help="writes PREFIX.model/.vocab")
     parser.add_argument("--vocab_size", type=int, required=True)
@@ -25,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text_field", default="text")
     parser.add_argument("--character_coverage", type=float, default=0.9995)
     parser.add_argument("--input_sentence_size", type=int, default=2_000_000)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except cli.UsageError as e:
+        return cli.report(e)
     try:
         files = expand_files(args.input, "--input")
         tok = train_tokenizer(
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             character_coverage=args.character_coverage,
             input_sentence_size=args.input_sentence_size,
         )
-    except DataError as e:
+    except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     note = ""

@@ -3,7 +3,6 @@
 from align_jax.data.pipeline import to_global_batch
 from align_jax.data.pretrain import (
     FIELDS,
-    count_stats,
     load_source,
     make_eval_dataset,
     make_eval_iterator,
@@ -18,7 +17,6 @@ __all__ = [
     "DataError",
     "DocumentSource",
     "Tokenizer",
-    "count_stats",
     "expand_files",
     "load_source",
     "make_eval_dataset",

@@ -1,8 +1,8 @@
 """Listwise batches: K ranked or scored responses per prompt (grain).
 
-Each record (`align_jax.data.records.ListSource`: `prompt`, `responses`, `ranks` or `scores`)
-becomes K = `config.data.list_size` rows of `seq_len` tokens, `bos + prompt + response + eos`,
-right-padded, in ranked order (best first):
+Each record (`align_jax.data.records.ListRecords`: `prompt`, `responses`, `ranks` or
+`scores`) becomes K = `config.data.list_size` rows of `seq_len` tokens,
+`bos + prompt + response + eos`, right-padded, in ranked order (best first):
 
 - `tokens`, `mask` (1 on response tokens), `segment_ids` (1 on real tokens): [K, L]
 - `list_mask` [K]: 1 on real responses; a list shorter than K is padded with empty rows
@@ -13,101 +13,63 @@ right-padded, in ranked order (best first):
 
 A list longer than K keeps its best K (counted as `lists_cut`). Over-long rows are truncated
 at the end or the whole list is dropped (`config.data.overlong`), counted. Lists are not
-packed: a list's K rows go through the model in one concatenated batch.
+packed: a list's K rows go through the model in one concatenated batch. The reference
+model of a listwise objective runs in the train step (no precomputed reference log-probs).
+The loop's interface is as in align_jax/data/pairs.py, without `ref_table`.
 """
 
 from __future__ import annotations
 
+import functools
+
 import grain
 import numpy as np
 
-from align_jax.data.pairs import _WithIndex
-from align_jax.data.pipeline import PadAndSlice, check_config, local_shard, prefetch
-from align_jax.data.records import ListSource, encode_list, length_prepass
-from align_jax.data.sources import expand_files
+from align_jax.data.pipeline import (
+    Examples,
+    eval_iterator,
+    pad_row,
+    split_records,
+    train_iterator,
+)
+from align_jax.data.records import ListRecords, encode_list
 
 
-def load_source(data_cfg, split: str, tokenizer):
-    key = f"{split}_files"
-    source = ListSource(
-        expand_files(data_cfg[key], f"config.data.{key}"),
-        format=data_cfg.format,
-        list_size=data_cfg.list_size,
-    )
-    view = length_prepass(
-        source,
-        lambda record: max(len(t) for t, _ in encode_list(record, tokenizer, data_cfg)),
-        data_cfg.seq_len,
-        data_cfg.overlong,
-        "config.data.overlong",
-    )
-    out = _WithIndex(view)
-    out.scored = source.counts["scored"] == len(source)
-    return out
+class ListExamples(Examples):
+    """A split's lists; `scored`: every record has `scores`, so its batches carry them."""
+
+    @property
+    def scored(self) -> bool:
+        return self.records.stats()["records_with_scores"] == len(self.records)
 
 
-def count_stats(source) -> dict[str, int]:
-    return source.stats()
+def load_source(data_cfg, split: str, tokenizer) -> ListExamples:
+    def longest(record):
+        return max(len(tokens) for tokens, _ in encode_list(record, tokenizer, data_cfg))
+
+    records = split_records(data_cfg, split, ListRecords(data_cfg.list_size))
+    return ListExamples(records, longest, data_cfg.seq_len, data_cfg.overlong)
 
 
 class _Encode(grain.transforms.Map):
-    def __init__(self, tokenizer, data_cfg, scored: bool, ref_table=None):
-        self._tokenizer, self._cfg, self._scored, self._ref = tokenizer, data_cfg, scored, ref_table
+    def __init__(self, tokenizer, data_cfg, source: ListExamples):
+        self._tokenizer, self._cfg, self._scored = tokenizer, data_cfg, source.scored
 
     def map(self, record):
         k, length = self._cfg.list_size, self._cfg.seq_len
-        tokens = np.zeros((k, length), np.int32)
-        mask = np.zeros((k, length), np.float32)
-        segment_ids = np.zeros((k, length), np.int32)
-        for i, (t, m) in enumerate(encode_list(record, self._tokenizer, self._cfg)):
-            n = min(len(t), length)
-            tokens[i, :n], mask[i, :n], segment_ids[i, :n] = t[:n], m[:n], 1
+        empty = np.zeros(0, np.int32)
+        rows = [pad_row(t, m, length) for t, m in encode_list(record, self._tokenizer, self._cfg)]
+        rows += [pad_row(empty, empty, length)] * (k - len(rows))
+        out = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
         n = len(record["responses"])
-        out = {
-            "tokens": tokens,
-            "mask": mask,
-            "segment_ids": segment_ids,
-            "list_mask": (np.arange(k) < n).astype(np.float32),
-            "ranks": np.pad(np.asarray(record["ranks"], np.int32), (0, k - n)),
-            "valid": np.float32(1.0),
-            "index": np.int32(record["_index"]),
-        }
+        out["list_mask"] = (np.arange(k) < n).astype(np.float32)
+        out["ranks"] = np.pad(np.asarray(record["ranks"], np.int32), (0, k - n))
+        out["valid"] = np.float32(1.0)
+        out["index"] = np.int32(record["_index"])
         if self._scored:
             out["scores"] = np.pad(np.asarray(record["scores"], np.float32), (0, k - n))
-        if self._ref is not None:
-            out["ref_logps"] = np.asarray(self._ref[record["_index"]], np.float32)
         return out
 
 
-def make_train_iterator(
-    data_cfg,
-    tokenizer,
-    *,
-    seed: int,
-    source,
-    process_index=None,
-    process_count=None,
-    ref_table=None,
-):
-    """Train batches; `ref_table` [N, K] float32 (reference log-probs of each record's
-    responses in ranked order) adds a `ref_logps` [K] field."""
-    check_config(data_cfg)
-    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
-    ds = grain.MapDataset.source(source)
-    if data_cfg.shuffle:
-        ds = ds.shuffle(seed=int(seed) % 2**32)
-    ds = ds.repeat(data_cfg.num_epochs or None)[process_index::process_count]
-    ds = ds.map(_Encode(tokenizer, data_cfg, source.scored, ref_table))
-    ds = ds.batch(local_batch, drop_remainder=True)
-    return iter(prefetch(ds.to_iter_dataset(), data_cfg))
-
-
-def make_eval_iterator(
-    data_cfg, tokenizer, *, source, process_index=None, process_count=None, ref_table=None
-):
-    """One pass in file order; the last global batch is padded with `valid = 0` lists."""
-    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
-    ds = grain.MapDataset.source(source).map(_Encode(tokenizer, data_cfg, source.scored, ref_table))
-    ds = ds.batch(data_cfg.batch_size, drop_remainder=False)
-    lo = process_index * local_batch
-    return iter(ds.map(PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)))
+make_train_iterator = functools.partial(train_iterator, encoder=_Encode)
+make_eval_iterator = functools.partial(eval_iterator, encoder=_Encode)

@@ -1,16 +1,38 @@
 """Pipeline building blocks every batch kind shares (pretraining, SFT, pairs, lists, unpaired).
 
-Each batch kind's module keeps only its own encoding; what is common lives here: the config
-checks, the per-process shard of a global batch, padding and slicing of a global batch into a
-process's rows, row padding to a fixed width, the record index that precomputed reference
-log-probs are looked up by, thread prefetch, and assembling the global `jax.Array`s.
+Each batch kind's module keeps only its own encoding: an `encoder` (a grain Map from one
+record to one example) and, for packed kinds, a `pack` (examples -> rows). What is common
+lives here:
+
+- `train_dataset` / `eval_dataset` (and their iterators, the loop's interface): the grain
+  pipelines around an encoding. Train:
+
+      source -> shuffle(seed) -> repeat(num_epochs) -> slice[process::count] -> encode
+        -> rows -> batch(rows per process, drop_remainder) -> thread prefetch
+
+  Everything up to `slice` is index arithmetic on a `MapDataset`, so the whole position of
+  the pipeline is a few integers and `get_state`/`set_state` restore it exactly. Shuffling
+  before repeating gives a different permutation per epoch without mixing epochs; sharding
+  after repeating splits one global record stream round-robin between processes. Eval is
+  one pass in file order: every process builds every global batch (the last padded with
+  zero rows) and keeps its own rows, so every process yields the same number of batches,
+  which a multi-host eval needs (a process that stopped early would hang the others).
+- `Examples`: a split's records after the length pre-pass, each carrying its index, by
+  which precomputed reference log-probs (`ref_table`) are looked up.
+- the config checks, the per-process shard of a global batch, padding and slicing of a
+  global batch into a process's rows, row padding to a fixed width, the language-model
+  fields of a packed row, thread prefetch, and assembling the global `jax.Array`s.
+
+Read-ahead uses threads only (`config.data.read_threads`, `prefetch_batches`); grain's
+prefetch iterators record the state of each element they hand out, so checkpoints stay
+exact. Multiprocessing stays off: on a 2-core host the trainer needs the cores.
 """
 
 from __future__ import annotations
 
 import atexit
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grain
@@ -18,23 +40,91 @@ import jax
 import numpy as np
 from grain.experimental import ThreadPrefetchDatasetIterator
 
-from align_jax.data.sources import DataError
+from align_jax.data.sources import DataError, RecordKind, RecordSource, expand_files
+
+# (tokenizer, config.data, source) -> the grain Map that encodes one of `source`'s records.
+# An encoder class may name `ref_fields`: the batch fields a `ref_table`'s columns become.
+Encoder = Callable[[Any, Any, Any], grain.transforms.Map]
+# (a process's encoded examples, config.data, rows per batch) -> rows.
+Pack = Callable[[grain.IterDataset, Any, int], grain.IterDataset]
 
 
-def to_global_batch(
-    local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding | Mapping[str, Any]
-) -> dict[str, jax.Array]:
-    """Global jax.Arrays from every process's local rows (one sharding, or one per field).
+def train_dataset(
+    data_cfg, tokenizer, *, seed: int, source, process_index=None, process_count=None, **encoding
+) -> grain.IterDataset:
+    """This process's train batches from `source` (see the module docstring for the stages).
 
-    The global batch dimension is the local one times the number of processes that hold
-    shards of `sharding`; which global rows a process's rows become is the sharding's
-    business (the loss is a masked mean, so row order does not matter).
+    `encoding`: `encoder`, optional `pack` (without it each example is a row) and `ref_table`.
+    `process_index` / `process_count` default to jax's.
     """
-    out = {}
-    for name, value in local_batch.items():
-        s = sharding[name] if isinstance(sharding, Mapping) else sharding
-        out[name] = jax.make_array_from_process_local_data(s, np.asarray(value))
-    return out
+    check_config(data_cfg)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
+    ds = grain.MapDataset.source(source)
+    if data_cfg.shuffle:
+        ds = ds.shuffle(seed=int(seed) % 2**32)
+    ds = ds.repeat(data_cfg.num_epochs or None)[process_index::process_count]
+    ds = _batches(
+        ds, data_cfg, tokenizer, source, local_batch, local_batch, drop_last=True, **encoding
+    )
+    return prefetch(ds, data_cfg)
+
+
+def eval_dataset(
+    data_cfg, tokenizer, *, source, process_index=None, process_count=None, **encoding
+) -> grain.IterDataset:
+    """One pass over `source` in file order, each `iter()` a fresh one; arguments as for
+    `train_dataset`. The last global batch is padded with zero rows (`valid`, `segment_ids`,
+    `loss_mask` 0)."""
+    check_config(data_cfg)
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
+    ds = grain.MapDataset.source(source)
+    size = data_cfg.batch_size  # the global batch: every process builds all of it
+    ds = _batches(ds, data_cfg, tokenizer, source, size, local_batch, drop_last=False, **encoding)
+    lo = process_index * local_batch
+    return prefetch(ds.map(PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)), data_cfg)
+
+
+def train_iterator(data_cfg, tokenizer, **kwargs) -> grain.DatasetIterator:
+    """`iter(train_dataset(...))`; checkpointable with `get_state` / `set_state`, or Orbax
+    with `grain.checkpoint.CheckpointSave` / `CheckpointRestore`."""
+    return iter(train_dataset(data_cfg, tokenizer, **kwargs))
+
+
+def eval_iterator(data_cfg, tokenizer, **kwargs) -> grain.DatasetIterator:
+    """`iter(eval_dataset(...))`: a fresh eval pass."""
+    return iter(eval_dataset(data_cfg, tokenizer, **kwargs))
+
+
+def _batches(
+    records: grain.MapDataset,
+    data_cfg,
+    tokenizer,
+    source,
+    size: int,
+    local_batch: int,
+    *,
+    drop_last: bool,
+    encoder: Encoder,
+    pack: Pack | None = None,
+    ref_table: np.ndarray | None = None,
+) -> grain.IterDataset:
+    """Batches of `size` rows of encoded `records` (`local_batch`: the rows per process)."""
+    encode = encoder(tokenizer, data_cfg, source)
+    examples = records.map(encode)
+    if ref_table is not None:
+        examples = examples.map(_Reference(ref_table, encode.ref_fields))
+    if pack is None:
+        # Batched by index, so the iterator's checkpoint state is a batch count.
+        batches = examples.batch(size, drop_remainder=drop_last)
+        return batches.to_iter_dataset(read_options(data_cfg))
+    rows = pack(examples.to_iter_dataset(read_options(data_cfg)), data_cfg, local_batch)
+    return rows.batch(size, drop_remainder=drop_last)
+
+
+def read_options(data_cfg) -> grain.ReadOptions:
+    """Threads that read and encode records ahead (`config.data.read_threads`; 0: inline)."""
+    threads = int(data_cfg.get("read_threads", 0))
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=16 * threads)
 
 
 def check_config(data_cfg) -> None:
@@ -64,6 +154,122 @@ def local_shard(data_cfg, process_index, process_count) -> tuple[int, int, int]:
             f"multiple of the process count {process_count}"
         )
     return process_index, process_count, data_cfg.batch_size // process_count
+
+
+def split_records(data_cfg, split: str, kind: RecordKind) -> RecordSource:
+    """The validated records of `config.data.<split>_files` (split: "train" or "eval")."""
+    key = f"{split}_files"
+    files = expand_files(data_cfg[key], f"config.data.{key}")
+    return RecordSource(files, kind, format=data_cfg.format)
+
+
+class Examples:
+    """A split's usable records, as the batch pipelines read them (grain's random-access
+    protocol): `records` less those longer than `max_len` tokens when `overlong` is 'drop'.
+
+    The length pre-pass tokenizes every record once at start-up so the over-long count is
+    exact and reported before training, and the kept set is fixed (a checkpoint's data
+    position stays meaningful). A record reads as its dict plus `_index`, its position here:
+    precomputed reference log-probs are looked up by it, whatever order shuffling brings.
+    """
+
+    def __init__(
+        self,
+        records: RecordSource,
+        length_fn: Callable[[dict], int],
+        max_len: int,
+        overlong: str,
+    ):
+        if overlong not in ("truncate", "drop"):
+            raise DataError(f"config.data.overlong={overlong!r}; expected 'truncate' or 'drop'")
+        over = np.asarray([length_fn(records[i]) > max_len for i in range(len(records))], bool)
+        keep = np.flatnonzero(~over) if overlong == "drop" else np.arange(len(records))
+        if not len(keep):
+            raise DataError(
+                f"{', '.join(records.paths)}: all {len(records)} records are longer than "
+                f"{max_len} tokens and config.data.overlong='drop'; expected some that fit"
+            )
+        self.records = records
+        self._keep = keep
+        self._counts = {
+            "overlong_" + ("dropped" if overlong == "drop" else "truncated"): int(over.sum()),
+            "records_used": len(keep),
+        }
+
+    @property
+    def paths(self) -> list[str]:
+        return self.records.paths
+
+    def stats(self) -> dict[str, int]:
+        """The records' counts and the pre-pass's, for the trainer to log once."""
+        return {**self.records.stats(), **self._counts}
+
+    def __len__(self) -> int:
+        return len(self._keep)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        return {**self.records[int(self._keep[i])], "_index": i}
+
+
+def pad_row(tokens: np.ndarray, mask: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """One example as a row of `length`: `tokens` (int32) and `mask` (float32) cut at the end
+    or right-padded with zeros, and `segment_ids` (int32) 1 on its tokens, 0 on padding."""
+    n = min(len(tokens), length)
+    row = {
+        "tokens": np.zeros(length, np.int32),
+        "mask": np.zeros(length, np.float32),
+        "segment_ids": np.zeros(length, np.int32),
+    }
+    row["tokens"][:n], row["mask"][:n], row["segment_ids"][:n] = tokens[:n], mask[:n], 1
+    return row
+
+
+def lm_fields(row: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A packed row of L+1 tokens (with the packer's `tokens_segment_ids`, 0 on padding, and
+    `tokens_positions`) as the model's fields: `inputs = row[:-1]`, `targets = row[1:]` (the
+    extra token gives every input a next token), `segment_ids`, `positions`, and `loss_mask`
+    1 where the target is the next token of the same segment (and, for rows with a `mask`,
+    a token that carries loss)."""
+    tokens, seg, pos = row["tokens"], row["tokens_segment_ids"], row["tokens_positions"]
+    loss = (seg[:-1] == seg[1:]) & (seg[1:] > 0)
+    if "mask" in row:
+        loss &= row["mask"][1:] > 0
+    return {
+        "inputs": tokens[:-1].astype(np.int32),
+        "targets": tokens[1:].astype(np.int32),
+        "segment_ids": seg[:-1].astype(np.int32),
+        "positions": pos[:-1].astype(np.int32),
+        "loss_mask": loss.astype(np.float32),
+    }
+
+
+class _Reference(grain.transforms.Map):
+    """Precomputed reference log-probs into an example: column j of `table[index]` becomes
+    field `fields[j]`."""
+
+    def __init__(self, table: np.ndarray, fields: tuple[str, ...]):
+        self._table, self._fields = table, fields
+
+    def map(self, example: dict) -> dict:
+        row = self._table[example["index"]]
+        return {**example, **{name: np.float32(row[j]) for j, name in enumerate(self._fields)}}
+
+
+class PadAndSlice(grain.transforms.Map):
+    """Pads a (possibly short) global batch to `size` rows of zeros, keeps rows [lo, hi)."""
+
+    def __init__(self, size: int, lo: int, hi: int):
+        self._size, self._lo, self._hi = size, lo, hi
+
+    def map(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, value in batch.items():
+            missing = self._size - value.shape[0]
+            if missing:
+                value = np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)])
+            out[name] = value[self._lo : self._hi]
+        return out
 
 
 def prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
@@ -106,17 +312,17 @@ def _close_live_iterators() -> None:
         it.close()
 
 
-class PadAndSlice(grain.transforms.Map):
-    """Pads a (possibly short) global batch to `size` rows of zeros, keeps rows [lo, hi)."""
+def to_global_batch(
+    local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding | Mapping[str, Any]
+) -> dict[str, jax.Array]:
+    """Global jax.Arrays from every process's local rows (one sharding, or one per field).
 
-    def __init__(self, size: int, lo: int, hi: int):
-        self._size, self._lo, self._hi = size, lo, hi
-
-    def map(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for name, value in batch.items():
-            missing = self._size - value.shape[0]
-            if missing:
-                value = np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)])
-            out[name] = value[self._lo : self._hi]
-        return out
+    The global batch dimension is the local one times the number of processes that hold
+    shards of `sharding`; which global rows a process's rows become is the sharding's
+    business (the loss is a masked mean, so row order does not matter).
+    """
+    out = {}
+    for name, value in local_batch.items():
+        s = sharding[name] if isinstance(sharding, Mapping) else sharding
+        out[name] = jax.make_array_from_process_local_data(s, np.asarray(value))
+    return out

@@ -1,18 +1,21 @@
-"""JSONL records of the later stages: validation, chat templates and token/mask encoding.
+"""JSONL records of the later stages: their kinds, chat templates and token/mask encoding.
 
-Record kinds (DESIGN.md's documented fields):
-- SFT: `prompt` + `completion` strings, or `messages`: a list of `{"role", "content"}` turns
-  (roles system / user / assistant).
-- Pairs (reward model, DPO): `prompt`, `chosen`, `rejected` strings; optional `margin`
-  (a number, default 0) and soft `label` in [0, 1] (default 1: chosen wins).
-- Lists (listwise objectives): `prompt`, `responses` (a list of strings) and `ranks` (ints
-  >= 1, 1 = best; ties allowed) or `scores` (numbers, higher = better), one per response.
-- Unpaired (KTO): `prompt`, `completion` and `label` (true / false or 1 / 0: desirable).
+Record kinds (the fields of each stage's data: docs/architecture.md), each read by a
+`sources.RecordSource`:
+- SFT (`SFTRecords`): `prompt` + `completion` strings, or `messages`: a list of
+  `{"role", "content"}` turns (roles system / user / assistant).
+- Pairs (`PairRecords`, reward model, DPO): `prompt`, `chosen`, `rejected` strings; optional
+  `margin` (a number, default 0) and soft `label` in [0, 1] (default 1: chosen wins).
+- Lists (`ListRecords`, listwise objectives): `prompt`, `responses` (a list of strings) and
+  `ranks` (ints >= 1, 1 = best; ties allowed) or `scores` (numbers, higher = better), one
+  per response.
+- Unpaired (`UnpairedRecords`, KTO): `prompt`, `completion` and `label` (true / false or
+  1 / 0: desirable).
 
-Validation happens once, at start-up, over every record (see `sources.DocumentSource`): a
-missing or mistyped field is a one-line error naming `file:line`. Records that are
-well-formed but unusable are skipped and counted by reason: an empty completion (or an
-assistant-free conversation), for pairs `chosen == rejected` when
+Validation happens once, at start-up, over every record: a missing or mistyped field is a
+one-line error naming `file:line`, and a plain-text file is one naming the file. Records
+that are well-formed but unusable are skipped and counted by reason: an empty completion
+(or an assistant-free conversation), for pairs `chosen == rejected` when
 `config.data.drop_identical_pairs` (kept and still counted otherwise), and for lists fewer
 than two non-empty responses.
 
@@ -37,7 +40,7 @@ import math
 
 import numpy as np
 
-from align_jax.data.sources import DataError, DocumentSource
+from align_jax.data.sources import DataError, RecordKind, require_fields
 
 ROLES = ("system", "user", "assistant")
 
@@ -56,95 +59,67 @@ CHAT_TEMPLATES = {
 CHECKPOINT_TEMPLATE = "checkpoint"
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+class SFTRecords(RecordKind):
+    """SFT records (dicts, as in the file)."""
+
+    name = "SFT"
+    fields = (
+        "string 'prompt' and 'completion' fields, or a 'messages' list of {'role', 'content'} turns"
+    )
+    skips = ("empty_completion", "no_assistant_reply")
+
+    def check(self, record: dict, where: str, expected: str) -> str | None:
+        if "messages" not in record:
+            require_fields(record, where, expected, {"prompt": str, "completion": str})
+            return None if record["completion"].strip() else "empty_completion"
+        turns = record["messages"]
+        if not isinstance(turns, list) or not turns:
+            raise DataError(f"{where}: 'messages' is not a non-empty list; {expected}")
+        for i, turn in enumerate(turns):
+            if (
+                not isinstance(turn, dict)
+                or turn.get("role") not in ROLES
+                or not isinstance(turn.get("content"), str)
+            ):
+                raise DataError(
+                    f"{where}: messages[{i}] is {json_short(turn)}; expected "
+                    f"{{'role': one of {', '.join(ROLES)}, 'content': a string}}"
+                )
+        has_reply = any(t["role"] == "assistant" and t["content"].strip() for t in turns)
+        return None if has_reply else "no_assistant_reply"
 
 
-class SFTSource(DocumentSource):
-    """Random-access SFT records (dicts); JSONL only."""
+class PairRecords(RecordKind):
+    """Preference pairs (dicts, as in the file)."""
 
-    def __init__(self, paths, *, format: str = "auto"):
-        super().__init__(paths, format=format)
+    name = "preference-pair"
+    fields = (
+        "string 'prompt', 'chosen' and 'rejected' fields (optional number 'margin', optional "
+        "'label' in [0, 1])"
+    )
+    skips = ("empty_completion", "identical_pair")
 
-    @property
-    def _expected(self) -> str:
-        return (
-            "expected a JSON object with string 'prompt' and 'completion' fields, "
-            "or a 'messages' list of {'role', 'content'} turns"
-        )
-
-    def _check(self, record: dict, where: str, expected: str) -> str | None:
-        if "messages" in record:
-            turns = record["messages"]
-            if not isinstance(turns, list) or not turns:
-                raise DataError(f"{where}: 'messages' is not a non-empty list; {expected}")
-            for i, turn in enumerate(turns):
-                if (
-                    not isinstance(turn, dict)
-                    or turn.get("role") not in ROLES
-                    or not isinstance(turn.get("content"), str)
-                ):
-                    raise DataError(
-                        f"{where}: messages[{i}] is {json_short(turn)}; expected "
-                        f"{{'role': one of {', '.join(ROLES)}, 'content': a string}}"
-                    )
-            has_reply = any(t["role"] == "assistant" and t["content"].strip() for t in turns)
-            return None if has_reply else "no_assistant_reply"
-        for key in ("prompt", "completion"):
-            if key not in record:
-                fields = ", ".join(sorted(record)) or "none"
-                raise DataError(f"{where}: no {key!r} field (fields: {fields}); {expected}")
-            if not isinstance(record[key], str):
-                raise DataError(f"{where}: {key!r} is a {type(record[key]).__name__}; {expected}")
-        return None if record["completion"].strip() else "empty_completion"
-
-    def _extract(self, record: dict):
-        return record
-
-
-class PairSource(DocumentSource):
-    """Random-access preference pairs (dicts); JSONL only."""
-
-    def __init__(self, paths, *, format: str = "auto", drop_identical: bool = True):
+    def __init__(self, *, drop_identical: bool = True):
         self.drop_identical = drop_identical
-        super().__init__(paths, format=format)
+        self.identical = 0
 
-    @property
-    def _expected(self) -> str:
-        return (
-            "expected a JSON object with string 'prompt', 'chosen' and 'rejected' fields "
-            "(optional number 'margin', optional 'label' in [0, 1])"
-        )
-
-    def _check(self, record: dict, where: str, expected: str) -> str | None:
-        for key in ("prompt", "chosen", "rejected"):
-            if key not in record:
-                fields = ", ".join(sorted(record)) or "none"
-                raise DataError(f"{where}: no {key!r} field (fields: {fields}); {expected}")
-            if not isinstance(record[key], str):
-                raise DataError(f"{where}: {key!r} is a {type(record[key]).__name__}; {expected}")
-        if "margin" in record and not _is_number(record["margin"]):
-            raise DataError(f"{where}: 'margin' is {json_short(record['margin'])}; {expected}")
-        if "label" in record and not (_is_number(record["label"]) and 0 <= record["label"] <= 1):
-            raise DataError(f"{where}: 'label' is {json_short(record['label'])}; {expected}")
+    def check(self, record: dict, where: str, expected: str) -> str | None:
+        require_fields(record, where, expected, {"prompt": str, "chosen": str, "rejected": str})
+        _require_value(record, "margin", _is_number, where, expected)
+        _require_value(record, "label", _is_probability, where, expected)
         if not record["chosen"].strip() or not record["rejected"].strip():
             return "empty_completion"
         if record["chosen"] == record["rejected"]:
-            self.identical = getattr(self, "identical", 0) + 1
+            self.identical += 1
             return "identical_pair" if self.drop_identical else None
         return None
 
-    def _extract(self, record: dict):
-        return record
-
-    def stats(self) -> dict[str, int]:
-        stats = super().stats()
-        stats["identical_pairs"] = getattr(self, "identical", 0)
-        return stats
+    def counts(self) -> dict[str, int]:
+        return {"identical_pairs": self.identical}
 
 
-class ListSource(DocumentSource):
-    """Random-access ranked or scored lists; JSONL only.
+class ListRecords(RecordKind):
+    """Ranked or scored lists.
 
     A record reads as `{"prompt", "responses", "scores" (or None), "ranks"}` with empty
     responses removed, the rest in ranked order (best first; ties keep file order) and at
@@ -155,31 +130,25 @@ class ListSource(DocumentSource):
     records with scores.
     """
 
-    def __init__(self, paths, *, format: str = "auto", list_size: int = 4):
+    name = "listwise"
+    fields = (
+        "a string 'prompt', a 'responses' list of strings and 'ranks' (integers >= 1, 1 = best) "
+        "or 'scores' (numbers), one per response"
+    )
+    skips = ("too_few_responses",)
+
+    def __init__(self, list_size: int = 4):
         if not (isinstance(list_size, int) and list_size >= 2):
             raise DataError(f"config.data.list_size={list_size!r}; expected an integer >= 2")
         self.list_size = list_size
-        self.counts = {"lists_cut": 0, "lists_padded": 0, "empty_responses": 0, "scored": 0}
-        super().__init__(paths, format=format)
-
-    @property
-    def _expected(self) -> str:
-        return (
-            "expected a JSON object with a string 'prompt', a 'responses' list of strings and "
-            "'ranks' (integers >= 1, 1 = best) or 'scores' (numbers), one per response"
+        self.tally = dict.fromkeys(
+            ("lists_cut", "lists_padded", "empty_responses", "records_with_scores"), 0
         )
 
-    def _check(self, record: dict, where: str, expected: str) -> str | None:
-        for key, kind in (("prompt", str), ("responses", list)):
-            if key not in record:
-                fields = ", ".join(sorted(record)) or "none"
-                raise DataError(f"{where}: no {key!r} field (fields: {fields}); {expected}")
-            if not isinstance(record[key], kind):
-                raise DataError(f"{where}: {key!r} is a {type(record[key]).__name__}; {expected}")
+    def check(self, record: dict, where: str, expected: str) -> str | None:
+        require_fields(record, where, expected, {"prompt": str, "responses": list})
         responses = record["responses"]
-        for i, r in enumerate(responses):
-            if not isinstance(r, str):
-                raise DataError(f"{where}: responses[{i}] is {json_short(r)}; {expected}")
+        _require_items(record, "responses", lambda r: isinstance(r, str), where, expected)
         if "ranks" not in record and "scores" not in record:
             fields = ", ".join(sorted(record))
             raise DataError(f"{where}: neither 'ranks' nor 'scores' (fields: {fields}); {expected}")
@@ -192,19 +161,17 @@ class ListSource(DocumentSource):
                     f"{where}: {key!r} is {json_short(values)} for {len(responses)} responses; "
                     f"{expected}"
                 )
-            for i, v in enumerate(values):
-                if not ok(v):
-                    raise DataError(f"{where}: {key}[{i}] is {json_short(v)}; {expected}")
+            _require_items(record, key, ok, where, expected)
         n = sum(1 for r in responses if r.strip())
         if n < 2:
             return "too_few_responses"
-        self.counts["empty_responses"] += len(responses) - n
-        self.counts["lists_cut"] += n > self.list_size
-        self.counts["lists_padded"] += n < self.list_size
-        self.counts["scored"] += "scores" in record
+        self.tally["empty_responses"] += len(responses) - n
+        self.tally["lists_cut"] += n > self.list_size
+        self.tally["lists_padded"] += n < self.list_size
+        self.tally["records_with_scores"] += "scores" in record
         return None
 
-    def _extract(self, record: dict):
+    def extract(self, record: dict) -> dict:
         keep = [i for i, r in enumerate(record["responses"]) if r.strip()]
         scores = record.get("scores")
         if "ranks" in record:
@@ -220,48 +187,61 @@ class ListSource(DocumentSource):
             "ranks": [1 + sum(k < key for k in kept_keys) for key in kept_keys],
         }
 
-    def stats(self) -> dict[str, int]:
-        stats = super().stats()
-        stats.update({k: v for k, v in self.counts.items() if k != "scored"})
-        stats["records_with_scores"] = self.counts["scored"]
-        return stats
+    def counts(self) -> dict[str, int]:
+        return dict(self.tally)
 
 
-class UnpairedSource(DocumentSource):
-    """Random-access unpaired examples (dicts, `label` as a bool); JSONL only."""
+class UnpairedRecords(RecordKind):
+    """Unpaired examples (dicts, `label` read as a bool)."""
 
-    def __init__(self, paths, *, format: str = "auto"):
-        self.counts = {"desirable": 0, "undesirable": 0}
-        super().__init__(paths, format=format)
+    name = "unpaired"
+    fields = (
+        "string 'prompt' and 'completion' fields and a 'label' (true / false or 1 / 0: the "
+        "completion is desirable)"
+    )
+    skips = ("empty_completion",)
 
-    @property
-    def _expected(self) -> str:
-        return (
-            "expected a JSON object with string 'prompt' and 'completion' fields and a "
-            "'label' (true / false or 1 / 0: the completion is desirable)"
-        )
+    def __init__(self):
+        self.tally = {"desirable": 0, "undesirable": 0}
 
-    def _check(self, record: dict, where: str, expected: str) -> str | None:
-        for key in ("prompt", "completion", "label"):
-            if key not in record:
-                fields = ", ".join(sorted(record)) or "none"
-                raise DataError(f"{where}: no {key!r} field (fields: {fields}); {expected}")
-        for key in ("prompt", "completion"):
-            if not isinstance(record[key], str):
-                raise DataError(f"{where}: {key!r} is a {type(record[key]).__name__}; {expected}")
-        label = record["label"]
-        if not (isinstance(label, bool) or (_is_number(label) and label in (0, 1))):
-            raise DataError(f"{where}: 'label' is {json_short(label)}; {expected}")
+    def check(self, record: dict, where: str, expected: str) -> str | None:
+        require_fields(record, where, expected, {"prompt": str, "completion": str, "label": object})
+        _require_value(record, "label", _is_label, where, expected)
         if not record["completion"].strip():
             return "empty_completion"
-        self.counts["desirable" if label else "undesirable"] += 1
+        self.tally["desirable" if record["label"] else "undesirable"] += 1
         return None
 
-    def _extract(self, record: dict):
+    def extract(self, record: dict) -> dict:
         return {**record, "label": bool(record["label"])}
 
-    def stats(self) -> dict[str, int]:
-        return {**super().stats(), **self.counts}
+    def counts(self) -> dict[str, int]:
+        return dict(self.tally)
+
+
+def _require_value(record: dict, key: str, ok, where: str, expected: str) -> None:
+    """The one-line DataError when `record` holds `key` and its value fails `ok`."""
+    if key in record and not ok(record[key]):
+        raise DataError(f"{where}: {key!r} is {json_short(record[key])}; {expected}")
+
+
+def _require_items(record: dict, key: str, ok, where: str, expected: str) -> None:
+    """The one-line DataError for the first item of the list `record[key]` that fails `ok`."""
+    for i, value in enumerate(record[key]):
+        if not ok(value):
+            raise DataError(f"{where}: {key}[{i}] is {json_short(value)}; {expected}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _is_probability(x) -> bool:
+    return _is_number(x) and 0 <= x <= 1
+
+
+def _is_label(x) -> bool:
+    return isinstance(x, bool) or (_is_number(x) and x in (0, 1))
 
 
 def _is_rank(x) -> bool:
@@ -277,9 +257,8 @@ def json_short(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def encode_pieces(tokenizer, pieces, *, add_bos: bool, add_eos: bool):
-    """[(text, trained)] -> (tokens int32 [n], mask int32 [n]); eos is trained after a
-    trained last piece (it teaches the model to stop)."""
+def special_ids(tokenizer, *, add_bos: bool, add_eos: bool) -> tuple[list[int], list[int]]:
+    """The ids an example starts and ends with: ([bos] or [], [eos] or [])."""
     for flag, name, token_id in (
         (add_bos, "add_bos", tokenizer.bos_id),
         (add_eos, "add_eos", tokenizer.eos_id),
@@ -289,16 +268,22 @@ def encode_pieces(tokenizer, pieces, *, add_bos: bool, add_eos: bool):
                 f"config.data.{name}=True but {tokenizer.path} has no {name[4:]} token; "
                 f"expected a tokenizer with one, or set config.data.{name}=False"
             )
-    ids: list[int] = [tokenizer.bos_id] if add_bos else []
-    mask: list[int] = [0] * len(ids)
+    return [tokenizer.bos_id] if add_bos else [], [tokenizer.eos_id] if add_eos else []
+
+
+def encode_pieces(tokenizer, pieces, *, add_bos: bool, add_eos: bool):
+    """[(text, trained)] -> (tokens int32 [n], mask int32 [n]); eos is trained after a
+    trained last piece (it teaches the model to stop)."""
+    bos, eos = special_ids(tokenizer, add_bos=add_bos, add_eos=add_eos)
+    ids, mask = list(bos), [0] * len(bos)
     for text, trained in pieces:
         if not text:
             continue
         piece = tokenizer.encode(text)
         ids += piece
         mask += [int(trained)] * len(piece)
-    if add_eos:
-        ids.append(tokenizer.eos_id)
+    if eos:
+        ids += eos
         mask.append(mask[-1] if mask else 0)
     return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
 
@@ -376,46 +361,3 @@ def encode_list(record: dict, tokenizer, data_cfg):
         encode_completion(record["prompt"], response, tokenizer, data_cfg)
         for response in record["responses"]
     ]
-
-
-class Filtered:
-    """A random-access view of `source` at `indices` (what survived the length pre-pass)."""
-
-    def __init__(self, source, indices: np.ndarray):
-        self.source = source
-        self.indices = np.asarray(indices, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.source[int(self.indices[int(i)])]
-
-
-def length_prepass(source, lengths_fn, max_len: int, overlong: str, key: str):
-    """Counts (and with overlong='drop' removes) records longer than `max_len` tokens.
-
-    One tokenizing pass at start-up so the counts are exact and reported before training,
-    and the kept set is fixed (a checkpoint's data position stays meaningful).
-    """
-    if overlong not in ("truncate", "drop"):
-        raise DataError(f"{key}={overlong!r}; expected 'truncate' or 'drop'")
-    keep, n_over = [], 0
-    for i in range(len(source)):
-        if lengths_fn(source[i]) > max_len:
-            n_over += 1
-            if overlong == "drop":
-                continue
-        keep.append(i)
-    if not keep:
-        raise DataError(
-            f"{', '.join(source.paths)}: all {len(source)} records are longer than "
-            f"{max_len} tokens and {key}='drop'; expected some that fit"
-        )
-    view = Filtered(source, np.asarray(keep))
-    view.paths = source.paths
-    stats = dict(source.stats())
-    stats["overlong_" + ("dropped" if overlong == "drop" else "truncated")] = n_over
-    stats["records_used"] = len(keep)
-    view.stats = lambda: stats
-    return view

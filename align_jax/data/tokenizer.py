@@ -1,5 +1,8 @@
 """Tokenizers: one interface over SentencePiece and Hugging Face, and training SentencePiece.
 
+(Past 400 lines: the interface, both backends and the trainer share the special-id layout
+and the checkpoint-file rules below, and read best together.)
+
 `Tokenizer.load(path)` is the one entry point; `path` is
 - a SentencePiece `.model` file,
 - a Hugging Face `tokenizer.json` (needs the `hf` extra: `tokenizers`, `jinja2`), read with
@@ -49,9 +52,25 @@ from collections.abc import Iterator, Sequence
 
 import sentencepiece as spm
 
-from align_jax.data.sources import DataError, resolve_format
+from align_jax.data.sources import DataError, DocumentSource
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+# Trainer options every tokenizer trained here shares (the module docstring says why).
+_FIXED_TRAINING_CHOICES = {
+    "pad_id": PAD_ID,
+    "bos_id": BOS_ID,
+    "eos_id": EOS_ID,
+    "unk_id": UNK_ID,
+    "byte_fallback": True,
+    "normalization_rule_name": "identity",
+    "remove_extra_whitespaces": False,
+    "add_dummy_prefix": False,
+    "split_digits": True,
+    "allow_whitespace_only_pieces": True,
+    "hard_vocab_limit": False,
+    "shuffle_input_sentence": True,
+}
 
 _EXPECTED = (
     "expected a sentencepiece .model, a Hugging Face tokenizer.json or a checkpoint "
@@ -364,33 +383,13 @@ def _special_token(config: dict, key: str, config_path: str) -> str | None:
 
 
 def _iter_training_text(files: Sequence[str], fmt: str, text_field: str) -> Iterator[str]:
-    """Yields lines for the trainer: sentencepiece samples sentences, one per line."""
-    for path in files:
-        if resolve_format(path, fmt) == "text":
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if line.strip():
-                        yield line.rstrip("\r\n")
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)[text_field]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise DataError(
-                        f"{path}:{line_no}: expected a JSON object with a string "
-                        f"{text_field!r} field"
-                    ) from None
-                if not isinstance(text, str):
-                    raise DataError(
-                        f"{path}:{line_no}: {text_field!r} is a {type(text).__name__}; "
-                        f"expected a string"
-                    )
-                for piece in text.splitlines():
-                    if piece.strip():
-                        yield piece
+    """The documents' non-blank lines: sentencepiece samples sentences, one per line. The
+    files are read (and validated) as the pretraining pipeline reads them."""
+    documents = DocumentSource(files, format=fmt, text_field=text_field)
+    for i in range(len(documents)):
+        for line in documents[i].splitlines():
+            if line.strip():
+                yield line
 
 
 def train_tokenizer(
@@ -422,22 +421,11 @@ def train_tokenizer(
             model_prefix=model_prefix,
             vocab_size=vocab_size,
             model_type=model_type,
-            pad_id=PAD_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            unk_id=UNK_ID,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
-            hard_vocab_limit=False,
             character_coverage=character_coverage,
             input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
             num_threads=num_threads or os.cpu_count() or 1,
             minloglevel=2 if quiet else 0,
+            **_FIXED_TRAINING_CHOICES,
         )
     except RuntimeError as e:
         reason = " ".join(str(e).split())

@@ -5,7 +5,7 @@ Each loss docstring gives shapes, the formula and the paper's arXiv id; per-exam
 come first in what a loss returns, and the caller reduces.
 """
 
-from align_jax.losses.common import cross_entropy, masked_mean, token_logprobs
+from align_jax.losses.common import cross_entropy, masked_mean, token_kl, token_logprobs
 from align_jax.losses.dpo import (
     DPO_LOSS_TYPES,
     F_DIVERGENCES,
@@ -87,6 +87,7 @@ __all__ = [
     "simpo_loss",
     "soft_label_dpo_loss",
     "soft_pairwise_loss",
+    "token_kl",
     "token_logprobs",
     "wpo_weights",
 ]

@@ -1,4 +1,4 @@
-"""Token-level building blocks: log-probs of targets and next-token cross-entropy."""
+"""Token-level building blocks: log-probs of targets, next-token cross-entropy, token KL."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ def token_logprobs(logits_blv: jax.Array, targets_bl: jax.Array, *, temperature:
         logits = logits / temperature
     target_logits = jnp.take_along_axis(logits, targets_bl[..., None], axis=-1)[..., 0]
     return target_logits - jax.nn.logsumexp(logits, axis=-1)
+
+
+def token_kl(logits_blv: jax.Array, ref_logits_blv: jax.Array) -> jax.Array:
+    """Exact next-token KL divergence of two models at each position, [B, L] float32.
+
+    `KL(π ‖ π_ref) = Σ_v π(v) (log π(v) − log π_ref(v))` with `π = softmax(logits)` and
+    `π_ref = softmax(ref_logits)` over the whole vocabulary (computed in float32), i.e. the
+    divergence of the two next-token distributions given the same prefix.
+    """
+    logp = jax.nn.log_softmax(logits_blv.astype(jnp.float32), axis=-1)
+    ref_logp = jax.nn.log_softmax(ref_logits_blv.astype(jnp.float32), axis=-1)
+    return jnp.sum(jnp.exp(logp) * (logp - ref_logp), axis=-1)
 
 
 def cross_entropy(

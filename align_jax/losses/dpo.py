@@ -5,7 +5,7 @@ Inputs are summed completion log-probs, one per pair, shape [B]: `chosen_logps` 
 Every loss returns `(losses_b, chosen_rewards_b, rejected_rewards_b)`; the caller reduces (TRL
 takes the mean). The implicit rewards are `β (logp − ref_logp)`, gradient-stopped, for logging.
 
-Notation (REFERENCES.md): `ρc = Lc − Lc_ref`, `ρr = Lr − Lr_ref`, `Δ = ρc − ρr`, `σ` logistic.
+Notation (docs/objectives.md): `ρc = Lc − Lc_ref`, `ρr = Lr − Lr_ref`, `Δ = ρc − ρr`, `σ` logistic.
 
 Also here: f-divergence scores (f-DPO, arXiv 2309.16240) that replace ρ, a weighted sum of
 several loss types (plus an SFT term, as TRL's MPO recipe), WPO weights (arXiv 2406.11827) and
@@ -55,7 +55,7 @@ def f_divergence_score(
     - `js_divergence`: `log 2 + log σ(ρ)`
     - `alpha_divergence`: `(1 − e^{−αρ}) / α`, α in (0, 1]; α → 0 is reverse KL, α = 1 forward KL.
 
-    These are `f'` exactly, constants included, as REFERENCES.md writes them. TRL drops the
+    These are `f'` exactly, constants included, as docs/objectives.md writes them. TRL drops the
     constants (`log 2`, `1`, `1/α`), which cancel in `Δ` but not in losses that use each score
     alone (`nca_pair`, `bco_pair`, `sppo_hard`). Older TRL used this α (`u^{−α}`); TRL's recent
     rewrite's `f_alpha_divergence_coef = a` uses `t^{a−1}`, i.e. `alpha = 1 − a` here. At the
@@ -128,7 +128,7 @@ def dpo_loss(
     Choices where libraries differ:
     - `exo_pair` raises unless 0 < ε < 1. Older TRL silently replaced ε = 0 by 1e-3 (the EXO
       paper's recommended value); TRL's recent rewrite takes log(0). Pass 1e-3 for the paper.
-    - `bco_pair` is REFERENCES.md's formula without BCO's reward shift δ. TRL shifts both
+    - `bco_pair` is docs/objectives.md's formula without BCO's reward shift δ. TRL shifts both
       implicit rewards by δ, a running mean of the batch-mean reward kept across steps (state a
       pure function cannot hold); to reproduce it, pass `ref_*_logps + δ/β`.
     - `aot`/`aot_unpaired` sort over the batch (axis 0), so `losses_b[i]` belongs to the i-th

@@ -2,7 +2,8 @@
 
 Training code holds parameters as a plain nested dict of arrays (`nnx.to_pure_dict`), which
 optax, Orbax and checkpoint conversion all handle as-is; `apply_model` merges them with the
-module's graph definition inside the jitted step (STYLE.md: split outside, merge inside).
+module's graph definition inside the jitted step (split outside, merge inside; see
+docs/architecture.md).
 Parameters are never materialised on one device: `init_params` runs the initialiser under
 `jax.jit` with the target shardings as its output shardings.
 """
@@ -56,22 +57,20 @@ def init_params(model_cfg, mesh, rules, seed: int, module_fn=None):
 
 
 def apply_model(graphdef, params, tokens_bl, positions_bl=None, segment_ids_bl=None):
-    """Logits [B, L, V] of the model `graphdef` with parameters `params`."""
+    """The model's output for `tokens_bl`: logits [B, L, V] of an LM head, per-token scores
+    [B, L] of a scalar head (reward / value models)."""
     return nnx.merge(graphdef, params)(tokens_bl, positions_bl, segment_ids_bl)
 
 
-def apply_scores(graphdef, params, tokens_bl, positions_bl=None, segment_ids_bl=None):
-    """Per-token scores [B, L] of a scalar-head (reward / value) model."""
-    return nnx.merge(graphdef, params)(tokens_bl, positions_bl, segment_ids_bl)
+def sequence_logprobs(graphdef, params, tokens_nl, segment_ids_nl, mask_nl):
+    """Log-probs of rows of tokens, the one helper every objective scores sequences with.
 
-
-def sequence_logprobs(graphdef, params, batch, *, temperature: float = 1.0):
-    """Per-token log-probs [B, L] of `batch['targets']` given `batch['inputs']`.
-
-    The one helper every objective uses to score tokens, so the training side and the
-    sampler agree on what a log-prob at temperature T is.
+    Each row `tokens_nl[n]` is fed as inputs `tokens[:, :-1]` and scored on its next tokens
+    `tokens[:, 1:]`; `mask_nl` marks the tokens that count (a completion), and its shifted
+    form `mask[:, 1:]` is what applies to the targets. Returns `(token_logps, mask, logits)`:
+    per-token log-probs [N, L-1] (float32, zero outside the mask), the shifted mask
+    [N, L-1] and the logits [N, L-1, V] (for a KL to a reference or WPO's weights).
     """
-    logits = apply_model(
-        graphdef, params, batch["inputs"], batch.get("positions"), batch.get("segment_ids")
-    )
-    return token_logprobs(logits, batch["targets"], temperature=temperature)
+    logits = apply_model(graphdef, params, tokens_nl[:, :-1], None, segment_ids_nl[:, :-1])
+    mask = mask_nl[:, 1:]
+    return token_logprobs(logits, tokens_nl[:, 1:]) * mask, mask, logits

@@ -5,17 +5,21 @@ A targeted projection `x @ W` becomes `x @ W + (alpha / rank) * (x @ A) @ B`, wi
 (`config.model.lora`: `rank` (0 = off), `alpha`, `targets`). B starts at zero, so a fresh
 adapter leaves the model exactly as it was.
 
-This module holds the parameter-tree side: which leaves are adapters, splitting a parameter
-dict into adapters and base and joining them again, and `merge_lora`, which folds trained
-adapters into the kernels so the result is a plain model (for sampling, scoring, export).
+This module holds the adapters' creation on a module's kernels (`add_adapters`; the layers'
+`linear` applies them) and the parameter-tree side: which leaves are adapters, splitting a
+parameter dict into adapters and base and joining them again, and `merge_lora`, which folds
+trained adapters into the kernels so the result is a plain model (for sampling, scoring,
+export).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 # Projection (`<name>_kernel`) -> how many of its kernel's dims after the layer stack are
 # inputs: the attention output kernel [heads, head_dim, d] reads two.
@@ -46,6 +50,31 @@ def settings(model_cfg) -> LoraSettings | None:
             f"{', '.join(TARGETS)}"
         )
     return LoraSettings(int(lora.rank), float(lora.alpha) / int(lora.rank), targets)
+
+
+def add_adapters(module, cfg, rngs, n_stack: int) -> None:
+    """LoRA adapters on the module's kernels that `config.model.lora.targets` names, in each
+    kernel's dtype: A [*stack, *in, rank] drawn like PEFT's default (kaiming-uniform with
+    a = sqrt(5), i.e. U(+-1 / sqrt(fan_in))) and B [*stack, rank, *out] zero, so a fresh
+    adapter leaves the model unchanged. Called at the end of the module's constructor, so
+    the random draws keep their place in the `rngs` stream."""
+    lora = settings(cfg)
+    if lora is None:
+        return
+    module.lora_scale = lora.scale
+    for name in lora.targets:
+        kernel = getattr(module, f"{name}_kernel", None)
+        if kernel is None:
+            continue
+        cut = n_stack + TARGETS[name]
+        shape, dtype = kernel[...].shape, kernel[...].dtype
+        axes = tuple(kernel.get_metadata()["axes"])
+        bound = 1.0 / math.sqrt(math.prod(shape[n_stack:cut]))
+        a = jax.random.uniform(rngs.params(), (*shape[:cut], lora.rank), dtype, -bound, bound)
+        setattr(module, f"{name}_lora_a", nnx.Param(a, axes=(*axes[:cut], None)))
+        b = jnp.zeros((*shape[:n_stack], lora.rank, *shape[cut:]), dtype)
+        b_axes = (*axes[:n_stack], None, *axes[cut:])
+        setattr(module, f"{name}_lora_b", nnx.Param(b, axes=b_axes))
 
 
 def is_adapter(name: str) -> bool:

@@ -6,63 +6,74 @@ An objective turns a batch into a summed loss and the count it is to be divided 
 
 with `metric_sums` a dict `name -> (sum, count)`. The train step adds sums and counts over
 micro-batches and divides once, so gradient accumulation equals one big batch exactly
-(REFERENCES.md). An objective knows nothing about how batches are produced (`batch_kind`
-names the data pipeline it expects) nor about the loop.
+(docs/architecture.md). An objective knows nothing about how batches are produced
+(`batch_kind` names the data pipeline it expects) nor about the loop.
+
+Each objective owns its `config.objective` keys: `defaults(name)` returns them (`name`,
+`loss_type` and that objective's knobs only), and `config_for(name)` a whole run config,
+`align_jax.config.base_config()` with them, which is where every config file starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
+import ml_collections
 
-LossFn = Callable[[Any, Any, dict, Any], tuple]
+from align_jax.config import base_config
 
+# Imported for their registrations.
+from align_jax.objectives import (  # noqa: F401
+    dpo,
+    kto,
+    listwise,
+    pretrain,
+    reference_free,
+    reward,
+)
+from align_jax.objectives.base import REGISTRY, Objective, register
 
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    name: str
-    loss_fn: LossFn
-    batch_kind: str  # which data pipeline feeds it, e.g. "tokens"
-    # Tokens in a batch, for throughput: a function of the batch's shapes.
-    tokens_per_batch: Callable[[dict], int]
-    # Its loss is a per-token negative log-likelihood, so eval reports exp(loss).
-    reports_perplexity: bool = False
-    # A frozen reference model (DPO, PPO, GRPO with beta > 0) comes in as `frozen`.
-    needs_reference: bool = False
-    # (ref_params, batch) -> per-example reference log-probs, for precomputing them once.
-    reference_logps_fn: Callable | None = None
+__all__ = ["Objective", "build", "config_for", "defaults", "names", "register"]
 
 
-_BUILDERS: dict[str, tuple[Callable[..., Objective], tuple[str, ...] | None]] = {}
+def names() -> list[str]:
+    return sorted(REGISTRY)
 
 
-def register(name: str, loss_types: tuple[str, ...] | None):
-    """Registers `builder(config, graphdef) -> Objective` under `name`.
+def _registration(name: str):
+    if name not in REGISTRY:
+        raise ValueError(
+            f"config.objective.name '{name}' is unknown; valid objectives: {names()}"
+        )
+    return REGISTRY[name]
 
-    `loss_types` lists the valid `config.objective.loss_type` values; None leaves the check
-    to the builder (DPO accepts comma-joined combinations)."""
 
-    def wrap(builder):
-        _BUILDERS[name] = (builder, loss_types)
-        return builder
+def defaults(name: str) -> ml_collections.ConfigDict:
+    """Objective `name`'s `config.objective` keys with their default values."""
+    return _registration(name).defaults()
 
-    return wrap
+
+def config_for(name: str) -> ml_collections.ConfigDict:
+    """The run config of objective `name`: `base_config()` with `defaults(name)` as
+    `config.objective`, unlocked (the command line locks it)."""
+    c = base_config()
+    c.objective = defaults(name)
+    return c
 
 
 def build(config, graphdef) -> Objective:
-    # Import for the registration side effect; objectives live in this package.
-    from align_jax.objectives import dpo, kto, listwise, pretrain, reference_free, reward  # noqa: F401
-
-    name = config.objective.name
-    if name not in _BUILDERS:
+    """The objective `config.objective` names, after checking its keys and loss type."""
+    o = config.objective
+    name = o.name
+    reg = _registration(name)
+    expected, got = set(reg.defaults()), set(o)
+    if expected != got:
         raise ValueError(
-            f"config.objective.name '{name}' is unknown; valid objectives: {sorted(_BUILDERS)}"
+            f"config.objective does not hold the keys of objective '{name}': missing "
+            f"{sorted(expected - got)}, not used by it {sorted(got - expected)}; start the "
+            f"config from align_jax.objectives.config_for('{name}')"
         )
-    builder, loss_types = _BUILDERS[name]
-    if loss_types is not None and config.objective.loss_type not in loss_types:
+    if reg.loss_types is not None and o.loss_type not in reg.loss_types:
         raise ValueError(
-            f"config.objective.loss_type '{config.objective.loss_type}' is not valid for "
-            f"objective '{name}'; valid loss types: {list(loss_types)}"
+            f"config.objective.loss_type '{o.loss_type}' is not valid for "
+            f"objective '{name}'; valid loss types: {list(reg.loss_types)}"
         )
-    return builder(config, graphdef)
+    return reg.builder(config, graphdef)

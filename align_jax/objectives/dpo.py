@@ -25,35 +25,38 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from align_jax.losses import (
     DPO_LOSS_TYPES,
     combined_dpo_loss,
     ld_logps,
     soft_label_dpo_loss,
-    token_logprobs,
     wpo_weights,
 )
-from align_jax.models import apply_model
-from align_jax.objectives import Objective, register
+from align_jax.models import sequence_logprobs
+from align_jax.objectives.base import Objective, register
+from align_jax.objectives.common import kl_ref_metric, pair_metrics, pair_rows, reference_keys
 
 _TYPES = DPO_LOSS_TYPES + ("sft",)
 
 
-def pair_token_logps(graphdef, params, batch):
-    """Per-token log-probs [2B, L-1] and completion masks of chosen then rejected rows."""
-    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
-    segments = jnp.concatenate([batch["chosen_segment_ids"], batch["rejected_segment_ids"]])
-    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])[:, 1:]
-    logits = apply_model(graphdef, params, tokens[:, :-1], None, segments[:, :-1])
-    return token_logprobs(logits, tokens[:, 1:]) * mask, mask, logits
-
-
-def token_kl(logits, ref_logits):
-    """KL(π(·|prefix) ‖ π_ref(·|prefix)) per position [B, L], exact over the vocabulary."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    ref_logp = jax.nn.log_softmax(ref_logits.astype(jnp.float32), axis=-1)
-    return jnp.sum(jnp.exp(logp) * (logp - ref_logp), axis=-1)
+def defaults() -> ml_collections.ConfigDict:
+    """DPO's `config.objective` keys and their defaults."""
+    o = ml_collections.ConfigDict()
+    o.name = "dpo"
+    o.loss_type = "sigmoid"
+    o.beta = 0.1
+    o.label_smoothing = 0.0
+    o.loss_weights = ""  # comma list, one per comma-joined loss_type; "" = all 1
+    o.soft_labels = False  # use the pairs' `label` field as soft preference q
+    # f_divergence: reverse_kl | forward_kl | js_divergence | alpha_divergence
+    o.f_divergence = "reverse_kl"
+    o.f_alpha = 0.5
+    o.wpo = False  # WPO pair weights (arXiv 2406.11827)
+    o.ld_alpha = 1.0  # < 1: LD-DPO length desensitisation (arXiv 2409.06411)
+    o.update(reference_keys())
+    return o
 
 
 def parse_loss_types(objective_cfg) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -67,7 +70,12 @@ def parse_loss_types(objective_cfg) -> tuple[tuple[str, ...], tuple[float, ...]]
     weights = objective_cfg.loss_weights
     if not weights:
         return types, (1.0,) * len(types)
-    values = tuple(float(w) for w in str(weights).split(","))
+    try:
+        values = tuple(float(w) for w in str(weights).split(","))
+    except ValueError:
+        raise ValueError(
+            f"config.objective.loss_weights '{weights}'; expected comma-separated numbers"
+        ) from None
     if len(values) != len(types):
         raise ValueError(
             f"config.objective.loss_weights '{weights}' has {len(values)} weights for "
@@ -76,7 +84,7 @@ def parse_loss_types(objective_cfg) -> tuple[tuple[str, ...], tuple[float, ...]]
     return types, values
 
 
-@register("dpo", loss_types=None)
+@register("dpo", loss_types=None, defaults=defaults)
 def build(config, graphdef) -> Objective:
     o = config.objective
     types, weights = parse_loss_types(o)
@@ -91,17 +99,19 @@ def build(config, graphdef) -> Objective:
     def loss_fn(params, frozen, batch, rng):
         del rng
         n = batch["chosen_tokens"].shape[0]
-        token_logps, mask, logits = pair_token_logps(graphdef, params, batch)
+        valid = batch["valid"]
+        rows = pair_rows(batch)
+        token_logps, mask, logits = sequence_logprobs(graphdef, params, *rows)
         chosen, rejected = sums(token_logps, mask, n)
-        kl = None
+        kl_ref = None
         if "ref_chosen_logps" in batch:
             ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         else:
             ref_token_logps, _, ref_logits = jax.lax.stop_gradient(
-                pair_token_logps(graphdef, frozen, batch)
+                sequence_logprobs(graphdef, frozen, *rows)
             )
             ref_chosen, ref_rejected = sums(ref_token_logps, mask, n)
-            kl = token_kl(logits, ref_logits)
+            kl_ref = kl_ref_metric(logits, ref_logits, mask, jnp.concatenate([valid, valid]))
         lengths = jnp.sum(mask, axis=-1)
         if o.soft_labels:
             losses, rc, rr = soft_label_dpo_loss(
@@ -121,29 +131,16 @@ def build(config, graphdef) -> Objective:
                 token_logps[:n], mask[:n], token_logps[n:], mask[n:],
                 chosen_logits_btv=logits[:n], rejected_logits_btv=logits[n:],
             )  # fmt: skip
-        valid = batch["valid"]
-        count = jnp.sum(valid)
-        mean = lambda x: (jnp.sum(x * valid), count)  # noqa: E731
-        metrics = {
-            "reward_accuracy": mean((rc > rr).astype(jnp.float32)),
-            "reward_margin": mean(rc - rr),
-            "chosen_reward": mean(rc),
-            "rejected_reward": mean(rr),
-            "chosen_logps": mean(chosen),
-            "rejected_logps": mean(rejected),
-        }
-        if kl is not None:
-            pair_valid = jnp.concatenate([valid, valid])[:, None]
-            metrics["kl_ref"] = (jnp.sum(kl * mask * pair_valid), jnp.sum(mask * pair_valid))
-        return jnp.sum(losses * valid), (count, metrics)
+        metrics = pair_metrics(valid, rc, rr, chosen, rejected)
+        if kl_ref is not None:
+            metrics["kl_ref"] = kl_ref
+        return jnp.sum(losses * valid), (jnp.sum(valid), metrics)
+
+    def reference_logps_fn(params, batch):
+        token_logps, mask, _ = sequence_logprobs(graphdef, params, *pair_rows(batch))
+        return sums(token_logps, mask, batch["chosen_tokens"].shape[0])
 
     return Objective(
-        name="dpo",
-        loss_fn=loss_fn,
-        batch_kind="pairs",
-        tokens_per_batch=lambda batch: int(batch["chosen_tokens"].size * 2),
-        needs_reference=True,
-        reference_logps_fn=lambda params, batch: sums(
-            *pair_token_logps(graphdef, params, batch)[:2], batch["chosen_tokens"].shape[0]
-        ),
-    )
+        "dpo", loss_fn, batch_kind="pairs", needs_reference=True,
+        reference_logps_fn=reference_logps_fn,
+    )  # fmt: skip

@@ -31,18 +31,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from align_jax.losses import KTO_LOSS_TYPES, kto_loss, token_logprobs
-from align_jax.models import apply_model
-from align_jax.objectives import Objective, register
-from align_jax.objectives.dpo import token_kl
+from align_jax.losses import KTO_LOSS_TYPES, kto_loss
+from align_jax.models import sequence_logprobs
+from align_jax.objectives.base import Objective, register
+from align_jax.objectives.common import kl_ref_metric, reference_keys
 
 
-def row_token_logps(graphdef, params, tokens, segment_ids, mask):
-    """Per-token completion log-probs [B, L-1], the shifted mask and the logits."""
-    logits = apply_model(graphdef, params, tokens[:, :-1], None, segment_ids[:, :-1])
-    mask = mask[:, 1:]
-    return token_logprobs(logits, tokens[:, 1:]) * mask, mask, logits
+def defaults() -> ml_collections.ConfigDict:
+    """KTO's `config.objective` keys and their defaults. `desirable_weight` and
+    `undesirable_weight` are TRL's names; the KTO paper keeps w_d n_d / (w_u n_u) in
+    [1, 4/3]."""
+    return ml_collections.ConfigDict(
+        {"name": "kto", "loss_type": "kto", "beta": 0.1, "desirable_weight": 1.0,
+         "undesirable_weight": 1.0, **reference_keys()}
+    )  # fmt: skip
 
 
 def mismatched_rows(tokens, mask, segment_ids, shift: int = 1):
@@ -74,7 +78,7 @@ def mismatched_rows(tokens, mask, segment_ids, shift: int = 1):
     )
 
 
-@register("kto", loss_types=KTO_LOSS_TYPES)
+@register("kto", loss_types=KTO_LOSS_TYPES, defaults=defaults)
 def build(config, graphdef) -> Objective:
     o = config.objective
     beta = float(o.beta)
@@ -101,16 +105,16 @@ def build(config, graphdef) -> Objective:
         del rng
         n = batch["tokens"].shape[0]
         valid = batch["valid"]
-        token_logps, mask, logits = row_token_logps(graphdef, params, *fields(batch))
+        token_logps, mask, logits = sequence_logprobs(graphdef, params, *fields(batch))
         logps = jnp.sum(token_logps, axis=-1)
         if use_kl:
             kl_tokens, kl_mask, kl_segments = mismatched_rows(
                 batch["tokens"], batch["mask"], batch["segment_ids"]
             )
-            kl_token_logps, _, _ = row_token_logps(
+            kl_token_logps, _, _ = sequence_logprobs(
                 graphdef, jax.lax.stop_gradient(params), kl_tokens, kl_segments, kl_mask
             )
-        kl_tok, z0 = None, None
+        kl_ref, z0 = None, None
         if "ref_logps" in batch:
             if use_kl:
                 raise ValueError("loss_type 'kto' computes the reference in the step")
@@ -121,11 +125,11 @@ def build(config, graphdef) -> Objective:
                 kl_rows = (kl_tokens, kl_segments, kl_mask)
                 rows = [jnp.concatenate([a, b]) for a, b in zip(rows, kl_rows, strict=True)]
             ref_token_logps, _, ref_logits = jax.lax.stop_gradient(
-                row_token_logps(graphdef, frozen, *rows)
+                sequence_logprobs(graphdef, frozen, *rows)
             )
             ref_all = jnp.sum(ref_token_logps, axis=-1)
             ref_logps = ref_all[:n]
-            kl_tok = token_kl(logits, ref_logits[:n])
+            kl_ref = kl_ref_metric(logits, ref_logits[:n], mask, valid)
             if use_kl:
                 # Pairs whose two source examples are both real (eval pads the last batch).
                 pair_valid = valid * jnp.roll(valid, 1)
@@ -149,22 +153,17 @@ def build(config, graphdef) -> Objective:
         }
         if z0 is not None:
             metrics["kl"] = (z0, jnp.ones((), jnp.float32))
-        if kl_tok is not None:
-            m = mask * valid[:, None]
-            metrics["kl_ref"] = (jnp.sum(kl_tok * m), jnp.sum(m))
+        if kl_ref is not None:
+            metrics["kl_ref"] = kl_ref
         return jnp.sum(losses * valid), (jnp.sum(valid), metrics)
 
     def reference_logps_fn(params, batch):
         # Only reached with apo_zero_unpaired (build refuses precompute for kto): column 0 is
         # the reference log-prob of the completion, column 1 unused.
-        logps = jnp.sum(row_token_logps(graphdef, params, *fields(batch))[0], axis=-1)
+        logps = jnp.sum(sequence_logprobs(graphdef, params, *fields(batch))[0], axis=-1)
         return logps, jnp.zeros_like(logps)
 
     return Objective(
-        name="kto",
-        loss_fn=loss_fn,
-        batch_kind="unpaired",
-        tokens_per_batch=lambda batch: int(batch["tokens"].size),
-        needs_reference=True,
+        "kto", loss_fn, batch_kind="unpaired", needs_reference=True,
         reference_logps_fn=reference_logps_fn,
-    )
+    )  # fmt: skip

@@ -12,10 +12,9 @@ concatenated batch; with implicit rewards `u_k = β (L_k − L_k_ref)`:
 
 The loss is summed over valid lists and divided once by their number.
 
-Reference: the frozen argument of the step (its log-probs computed in the step), or
-`ref_logps` [B, K] in the batch; `reference_logps_fn` returns those [B, K] arrays. The
-loop's precompute pass caches two log-probs per record (a pair), so
-`config.objective.precompute_ref_logps` is refused here: the reference runs in the step.
+Reference: the frozen argument of the step, its log-probs computed in the step. There is no
+`config.objective.precompute_ref_logps` here: the loop's precompute pass caches two
+log-probs per record (a pair), and a list has K.
 
 Metrics (means over valid lists): `ranking_accuracy` (the fraction of pairs i < j of real,
 differently ranked responses with u_i > u_j), `best_reward` / `worst_reward` (u of the first
@@ -28,59 +27,42 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from align_jax.losses import plackett_luce_loss, soft_pairwise_loss, token_logprobs
-from align_jax.models import apply_model
-from align_jax.objectives import Objective, register
-from align_jax.objectives.dpo import token_kl
+from align_jax.losses import plackett_luce_loss, soft_pairwise_loss
+from align_jax.models import sequence_logprobs
+from align_jax.objectives.base import Objective, register
+from align_jax.objectives.common import kl_ref_metric
 
 LOSS_TYPES = ("plackett_luce", "soft_pairwise")
 
 
-def list_token_logps(graphdef, params, batch):
-    """Per-token log-probs [B·K, L-1] of every response row, their masks, and the logits."""
-    b, k, length = batch["tokens"].shape
-    tokens = batch["tokens"].reshape(b * k, length)
-    segments = batch["segment_ids"].reshape(b * k, length)
-    mask = batch["mask"].reshape(b * k, length)[:, 1:]
-    logits = apply_model(graphdef, params, tokens[:, :-1], None, segments[:, :-1])
-    return token_logprobs(logits, tokens[:, 1:]) * mask, mask, logits
+def defaults() -> ml_collections.ConfigDict:
+    """The listwise objective's `config.objective` keys and their defaults (`score_tau` is
+    soft_pairwise's τ; `reference_from` "" means config.init_from)."""
+    return ml_collections.ConfigDict(
+        {"name": "listwise", "loss_type": "plackett_luce", "beta": 0.1, "score_tau": 1.0,
+         "reference_from": ""}
+    )  # fmt: skip
 
 
-def list_logps(graphdef, params, batch):
-    """Summed response log-probs [B, K]."""
-    b, k, _ = batch["tokens"].shape
-    token_logps, _, _ = list_token_logps(graphdef, params, batch)
-    return jnp.sum(token_logps, axis=-1).reshape(b, k)
-
-
-@register("listwise", loss_types=LOSS_TYPES)
+@register("listwise", loss_types=LOSS_TYPES, defaults=defaults)
 def build(config, graphdef) -> Objective:
     o = config.objective
     beta, tau = float(o.beta), float(o.score_tau)
-    if o.precompute_ref_logps:
-        raise ValueError(
-            "config.objective.precompute_ref_logps=True is not supported by objective "
-            "'listwise' (the precompute cache holds two log-probs per record, a list has K); "
-            "leave it False: the reference runs in the train step"
-        )
     if o.loss_type == "soft_pairwise" and not tau > 0:
         raise ValueError(f"config.objective.score_tau={tau}; expected a number > 0")
 
     def loss_fn(params, frozen, batch, rng):
         del rng
-        b, k, _ = batch["tokens"].shape
-        token_logps, mask, logits = list_token_logps(graphdef, params, batch)
+        b, k, length = batch["tokens"].shape
+        rows = [batch[f].reshape(b * k, length) for f in ("tokens", "segment_ids", "mask")]
+        token_logps, mask, logits = sequence_logprobs(graphdef, params, *rows)
+        ref_token_logps, _, ref_logits = jax.lax.stop_gradient(
+            sequence_logprobs(graphdef, frozen, *rows)
+        )
         logps = jnp.sum(token_logps, axis=-1).reshape(b, k)
-        kl = None
-        if "ref_logps" in batch:
-            ref_logps = batch["ref_logps"]
-        else:
-            ref_token_logps, _, ref_logits = jax.lax.stop_gradient(
-                list_token_logps(graphdef, frozen, batch)
-            )
-            ref_logps = jnp.sum(ref_token_logps, axis=-1).reshape(b, k)
-            kl = token_kl(logits, ref_logits)
+        ref_logps = jnp.sum(ref_token_logps, axis=-1).reshape(b, k)
         list_mask = batch["list_mask"] > 0
         if o.loss_type == "plackett_luce":
             losses, rewards = plackett_luce_loss(logps, ref_logps, beta=beta, mask_bk=list_mask)
@@ -118,16 +100,8 @@ def build(config, graphdef) -> Objective:
             "best_logps": mean(logps[:, 0]),
             "worst_logps": mean(pick(logps)),
         }
-        if kl is not None:
-            row_valid = (list_mask * valid[:, None]).reshape(b * k, 1)
-            metrics["kl_ref"] = (jnp.sum(kl * mask * row_valid), jnp.sum(mask * row_valid))
+        row_valid = (list_mask * valid[:, None]).reshape(b * k)
+        metrics["kl_ref"] = kl_ref_metric(logits, ref_logits, mask, row_valid)
         return jnp.sum(losses * valid), (count, metrics)
 
-    return Objective(
-        name="listwise",
-        loss_fn=loss_fn,
-        batch_kind="lists",
-        tokens_per_batch=lambda batch: int(batch["tokens"].size),
-        needs_reference=True,
-        reference_logps_fn=lambda params, batch: list_logps(graphdef, params, batch),
-    )
+    return Objective("listwise", loss_fn, batch_kind="lists", needs_reference=True)

@@ -8,10 +8,26 @@ SFT marks only completion / assistant tokens, so prompt tokens carry no loss.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import ml_collections
 
 from align_jax.losses import cross_entropy
 from align_jax.models import apply_model
-from align_jax.objectives import Objective, register
+from align_jax.objectives.base import Objective, register
+
+
+def _defaults(name: str) -> ml_collections.ConfigDict:
+    # z_loss: weight of PaLM's log Z² term per token (arXiv 2204.02311); 0 disables.
+    return ml_collections.ConfigDict({"name": name, "loss_type": "cross_entropy", "z_loss": 0.0})
+
+
+def pretrain_defaults() -> ml_collections.ConfigDict:
+    """Pretraining's `config.objective` keys."""
+    return _defaults("pretrain")
+
+
+def sft_defaults() -> ml_collections.ConfigDict:
+    """SFT's `config.objective` keys (pretraining's, under its own name)."""
+    return _defaults("sft")
 
 
 def _build(config, graphdef, name: str, batch_kind: str) -> Objective:
@@ -33,20 +49,14 @@ def _build(config, graphdef, name: str, batch_kind: str) -> Objective:
             metrics["z_loss"] = (z_sum, num_tokens)
         return nll_sum + z_sum, (num_tokens, metrics)
 
-    return Objective(
-        name=name,
-        loss_fn=loss_fn,
-        batch_kind=batch_kind,
-        tokens_per_batch=lambda batch: int(batch["inputs"].size),
-        reports_perplexity=True,
-    )
+    return Objective(name, loss_fn, batch_kind=batch_kind, reports_perplexity=True)
 
 
-@register("pretrain", loss_types=("cross_entropy",))
+@register("pretrain", loss_types=("cross_entropy",), defaults=pretrain_defaults)
 def build_pretrain(config, graphdef) -> Objective:
     return _build(config, graphdef, "pretrain", "tokens")
 
 
-@register("sft", loss_types=("cross_entropy",))
+@register("sft", loss_types=("cross_entropy",), defaults=sft_defaults)
 def build_sft(config, graphdef) -> Objective:
     return _build(config, graphdef, "sft", "sft")

@@ -9,7 +9,7 @@ reference model. Each objective has one loss type, its own name:
 - `orpo` (arXiv 2403.07691): `NLL(chosen) − λ log σ(log odds_c − log odds_r)`, λ =
   `orpo_lambda`, `odds = p/(1−p)` with p the geometric-mean per-token probability.
 
-`beta` and `label_smoothing` (SimPO, CPO) come from the config as for DPO. The losses are
+SimPO and CPO also take `beta` and `label_smoothing`, as DPO does. The losses are
 align_jax.losses' `simpo_loss`, `cpo_loss`, `orpo_loss`; the sum over valid pairs is divided
 once by their number.
 
@@ -26,77 +26,89 @@ CPO `β L`, ORPO `λ L/|y|`, as TRL logs them): `reward_accuracy`, `reward_margi
 from __future__ import annotations
 
 import jax.numpy as jnp
+import ml_collections
 
 from align_jax.losses import cpo_loss, orpo_loss, simpo_loss
-from align_jax.objectives import Objective, register
-from align_jax.objectives.dpo import pair_token_logps
+from align_jax.models import sequence_logprobs
+from align_jax.objectives.base import Objective, register
+from align_jax.objectives.common import pair_metrics, pair_rows
+
+
+def simpo_defaults() -> ml_collections.ConfigDict:
+    """SimPO's `config.objective` keys. γ = 1 is the SimPO repository's base setting (with
+    β = 2); TRL's `simpo_gamma` defaults to 0.5."""
+    return ml_collections.ConfigDict(
+        {"name": "simpo", "loss_type": "simpo", "beta": 0.1, "label_smoothing": 0.0,
+         "simpo_gamma": 1.0}
+    )  # fmt: skip
+
+
+def cpo_defaults() -> ml_collections.ConfigDict:
+    """CPO's `config.objective` keys; `cpo_alpha` weighs the NLL term on chosen (TRL's name)."""
+    return ml_collections.ConfigDict(
+        {"name": "cpo", "loss_type": "cpo", "beta": 0.1, "label_smoothing": 0.0,
+         "cpo_alpha": 1.0}
+    )  # fmt: skip
+
+
+def orpo_defaults() -> ml_collections.ConfigDict:
+    """ORPO's `config.objective` keys; `orpo_lambda` weighs the odds-ratio term (TRL calls it
+    beta)."""
+    return ml_collections.ConfigDict({"name": "orpo", "loss_type": "orpo", "orpo_lambda": 0.1})
 
 
 def _build(name: str, config, graphdef) -> Objective:
     o = config.objective
-    beta, smoothing = float(o.beta), float(o.label_smoothing)
+
+    def losses_and_rewards(chosen, rejected, chosen_len, rejected_len, nll, valid):
+        if name == "simpo":
+            return simpo_loss(
+                chosen, rejected, chosen_lengths=chosen_len, rejected_lengths=rejected_len,
+                beta=float(o.beta), gamma=float(o.simpo_gamma),
+                label_smoothing=float(o.label_smoothing),
+            )  # fmt: skip
+        if name == "cpo":
+            return cpo_loss(
+                chosen, rejected, chosen_nll=nll, beta=float(o.beta), alpha=float(o.cpo_alpha),
+                label_smoothing=float(o.label_smoothing),
+            )  # fmt: skip
+        # log(1 − p) needs mean log-probs < 0: rows without completion tokens (eval
+        # padding, a completion truncated away) get a stand-in and carry no loss.
+        usable = (valid > 0) & (chosen_len > 0) & (rejected_len > 0)
+        safe = lambda x: jnp.where(usable, x, -1.0)  # noqa: E731
+        losses, rc, rr = orpo_loss(
+            safe(chosen), safe(rejected), chosen_lengths=chosen_len,
+            rejected_lengths=rejected_len, chosen_nll=nll, beta=float(o.orpo_lambda),
+        )  # fmt: skip
+        return jnp.where(usable, losses, 0.0), rc, rr
 
     def loss_fn(params, frozen, batch, rng):
         del frozen, rng
         n = batch["chosen_tokens"].shape[0]
-        token_logps, mask, _ = pair_token_logps(graphdef, params, batch)
+        token_logps, mask, _ = sequence_logprobs(graphdef, params, *pair_rows(batch))
         totals = jnp.sum(token_logps, axis=-1)
         lengths = jnp.sum(mask, axis=-1)
         chosen, rejected = totals[:n], totals[n:]
-        chosen_len, rejected_len = lengths[:n], lengths[n:]
-        nll = -chosen / jnp.maximum(chosen_len, 1.0)
+        nll = -chosen / jnp.maximum(lengths[:n], 1.0)
         valid = batch["valid"]
-        if name == "simpo":
-            losses, rc, rr = simpo_loss(
-                chosen, rejected, chosen_lengths=chosen_len, rejected_lengths=rejected_len,
-                beta=beta, gamma=float(o.simpo_gamma), label_smoothing=smoothing,
-            )  # fmt: skip
-        elif name == "cpo":
-            losses, rc, rr = cpo_loss(
-                chosen, rejected, chosen_nll=nll, beta=beta, alpha=float(o.cpo_alpha),
-                label_smoothing=smoothing,
-            )  # fmt: skip
-        else:
-            # log(1 − p) needs mean log-probs < 0: rows without completion tokens (eval
-            # padding, a completion truncated away) get a stand-in and carry no loss.
-            usable = (valid > 0) & (chosen_len > 0) & (rejected_len > 0)
-            safe = lambda x: jnp.where(usable, x, -1.0)  # noqa: E731
-            losses, rc, rr = orpo_loss(
-                safe(chosen), safe(rejected), chosen_lengths=chosen_len,
-                rejected_lengths=rejected_len, chosen_nll=nll, beta=float(o.orpo_lambda),
-            )  # fmt: skip
-            losses = jnp.where(usable, losses, 0.0)
-        count = jnp.sum(valid)
-        mean = lambda x: (jnp.sum(x * valid), count)  # noqa: E731
-        metrics = {
-            "reward_accuracy": mean((rc > rr).astype(jnp.float32)),
-            "reward_margin": mean(rc - rr),
-            "chosen_reward": mean(rc),
-            "rejected_reward": mean(rr),
-            "chosen_logps": mean(chosen),
-            "rejected_logps": mean(rejected),
-            "nll": mean(nll),
-        }
-        return jnp.sum(losses * valid), (count, metrics)
+        losses, rc, rr = losses_and_rewards(chosen, rejected, lengths[:n], lengths[n:], nll, valid)
+        metrics = pair_metrics(valid, rc, rr, chosen, rejected)
+        metrics["nll"] = (jnp.sum(nll * valid), jnp.sum(valid))
+        return jnp.sum(losses * valid), (jnp.sum(valid), metrics)
 
-    return Objective(
-        name=name,
-        loss_fn=loss_fn,
-        batch_kind="pairs",
-        tokens_per_batch=lambda batch: int(batch["chosen_tokens"].size * 2),
-    )
+    return Objective(name, loss_fn, batch_kind="pairs")
 
 
-@register("simpo", loss_types=("simpo",))
+@register("simpo", loss_types=("simpo",), defaults=simpo_defaults)
 def build_simpo(config, graphdef) -> Objective:
     return _build("simpo", config, graphdef)
 
 
-@register("cpo", loss_types=("cpo",))
+@register("cpo", loss_types=("cpo",), defaults=cpo_defaults)
 def build_cpo(config, graphdef) -> Objective:
     return _build("cpo", config, graphdef)
 
 
-@register("orpo", loss_types=("orpo",))
+@register("orpo", loss_types=("orpo",), defaults=orpo_defaults)
 def build_orpo(config, graphdef) -> Objective:
     return _build("orpo", config, graphdef)

@@ -9,20 +9,30 @@ divided once by their number.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import ml_collections
 
 from align_jax.losses import bradley_terry_loss
-from align_jax.models import apply_scores
-from align_jax.objectives import Objective, register
+from align_jax.models import apply_model
+from align_jax.objectives.base import Objective, register
+from align_jax.objectives.common import pair_rows
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The reward model's `config.objective` keys; `center_coef` adds
+    `c · (r_chosen + r_rejected)²`, keeping rewards near zero."""
+    return ml_collections.ConfigDict(
+        {"name": "reward", "loss_type": "bradley_terry", "center_coef": 0.0}
+    )
 
 
 def last_token_rewards(graphdef, params, tokens_bl, segment_ids_bl):
     """Scores [B] at each row's last real token (rows are right-padded)."""
-    scores_bl = apply_scores(graphdef, params, tokens_bl, None, segment_ids_bl)
+    scores_bl = apply_model(graphdef, params, tokens_bl, None, segment_ids_bl)
     last_b = jnp.maximum(jnp.sum(segment_ids_bl > 0, axis=1) - 1, 0)
     return jnp.take_along_axis(scores_bl, last_b[:, None], axis=1)[:, 0]
 
 
-@register("reward", loss_types=("bradley_terry",))
+@register("reward", loss_types=("bradley_terry",), defaults=defaults)
 def build(config, graphdef) -> Objective:
     if config.model.head != "scalar":
         raise ValueError(
@@ -32,8 +42,7 @@ def build(config, graphdef) -> Objective:
 
     def loss_fn(params, frozen, batch, rng):
         del frozen, rng
-        tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
-        segments = jnp.concatenate([batch["chosen_segment_ids"], batch["rejected_segment_ids"]])
+        tokens, segments = pair_rows(batch, ("tokens", "segment_ids"))
         rewards = last_token_rewards(graphdef, params, tokens, segments)
         chosen, rejected = jnp.split(rewards, 2)
         valid = batch["valid"]
@@ -50,9 +59,4 @@ def build(config, graphdef) -> Objective:
         }
         return jnp.sum(losses * valid), (n, metrics)
 
-    return Objective(
-        name="reward",
-        loss_fn=loss_fn,
-        batch_kind="pairs",
-        tokens_per_batch=lambda batch: int(batch["chosen_tokens"].size * 2),
-    )
+    return Objective("reward", loss_fn, batch_kind="pairs")

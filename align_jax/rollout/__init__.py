@@ -1,4 +1,4 @@
-"""Rollouts: batched sampling with a KV cache (and, later, reward functions)."""
+"""Rollouts: batched sampling with a KV cache."""
 
 from align_jax.rollout.sampler import (
     Sampler,

@@ -14,20 +14,20 @@ Log-probs. `logprobs[b, i]` is `log softmax(logits / T)[token]` of the sampled t
 under the *unfiltered* distribution (top-k / top-p only choose what is sampled), which is
 what `align_jax.losses.token_logprobs(logits, targets, temperature=T)` gives on the
 training side, so the importance ratio of an RL update is exactly 1 before the first update
-(REFERENCES.md). Greedy decoding (temperature 0) reports log-probs at T = 1.
+(docs/objectives.md). Greedy decoding (temperature 0) reports log-probs at T = 1.
 
 Speed. Decoding a small batch reads every weight and the whole cache once per step, so a
 step is bound by memory traffic more than by FLOPs. On CPU the layers' parameters are
-sliced out of their stacked form once per call (`Transformer.layer_blocks`) and a step
-runs its layers unrolled over them and over per-layer caches (`Sampler(unroll_layers=)`);
-cached keys are stored slots-last; the decode loop runs in up to 4 chunks over a cache
-that grows per chunk, so a step reads only the filled slots and at most one chunk more;
-a token is drawn by inverting the CDF with one uniform per row (`sample_categorical`), all
-steps' uniforms drawn before the loop; each step makes the next step's RoPE tables into the
-loop's carry (`Transformer.extend`). Against the scanned form (stacked weights and cache
-sliced per layer every step), a full-length cache and Gumbel-max `jax.random.categorical`,
-tools/bench_sample.py measured llama25m at batch 16 going from ~1,460 to ~2,300-2,500 new
-tokens/s on 2 CPU cores.
+sliced out of their stacked form once per call (`align_jax.models.decode.layer_blocks`)
+and a step runs its layers unrolled over them and over per-layer caches
+(`Sampler(unroll_layers=)`); cached keys are stored slots-last; the decode loop runs in up
+to 4 chunks over a cache that grows per chunk, so a step reads only the filled slots and at
+most one chunk more; a token is drawn by inverting the CDF with one uniform per row
+(`sample_categorical`), all steps' uniforms drawn before the loop; each step makes the next
+step's RoPE tables into the loop's carry (`align_jax.models.decode.extend`). Against the
+scanned form (stacked weights and cache sliced per layer every step), a full-length cache
+and Gumbel-max `jax.random.categorical`, tools/bench_sample.py measured llama25m at batch 16
+going from ~1,460 to ~2,300-2,500 new tokens/s on 2 CPU cores.
 
 Precision. Under bf16 compute the CPU sampler keeps its KV cache in f32 (XLA:CPU has no
 bf16 dynamic-update-slice and would rewrite the whole cache at every step's write) and
@@ -52,8 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from align_jax import parallel
-from align_jax.models.transformer import constrain_cache, init_cache, layer_attention, rope_tables
+from align_jax import models, parallel
+from align_jax.models.decode import extend, grow_cache, init_cache, layer_blocks
+from align_jax.models.layers import layer_attention, rope_tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +145,7 @@ def sample_categorical(rng, logits_bv: jax.Array) -> jax.Array:
     return _draw(jax.random.uniform(rng, logits_bv.shape[:1], jnp.float32), weights)
 
 
-def _choose(logits_bv, uniform_b, sp: SamplingParams):
+def choose_tokens(logits_bv, uniform_b, sp: SamplingParams):
     """(tokens [B], log-probs [B]) from last-position logits and a uniform [B] per row."""
     scaled = logits_bv.astype(jnp.float32)
     if sp.temperature:
@@ -168,7 +169,7 @@ def _choose(logits_bv, uniform_b, sp: SamplingParams):
 _MAX_CHUNKS, _MIN_CHUNK = 4, 32
 
 
-def _chunk_ends(n_new: int) -> list[int]:
+def chunk_ends(n_new: int) -> list[int]:
     """Where the decode loop's chunks end, in new tokens: up to `_MAX_CHUNKS` equal chunks of
     at least `_MIN_CHUNK` tokens. The cache holds only the slots up to the current chunk's
     end, so a step reads the prompt, the tokens so far and at most one chunk of empty
@@ -178,23 +179,6 @@ def _chunk_ends(n_new: int) -> list[int]:
     chunks = max(1, min(_MAX_CHUNKS, n_new // _MIN_CHUNK))
     size = -(-n_new // chunks)
     return list(range(size, n_new, size)) + [n_new]
-
-
-def _grow(cache, kv_valid, extra: int):
-    """The cache (either layout) and its validity mask with `extra` more (empty, invalid)
-    slots: the keys' last axis, the values' second to last."""
-
-    def pad(x, axis):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, extra)
-        return jnp.pad(x, widths)
-
-    if isinstance(cache, dict):
-        grown = {"k": pad(cache["k"], -1), "v": pad(cache["v"], -2)}
-    else:
-        grown = [{"k": pad(layer["k"], -1), "v": pad(layer["v"], -2)} for layer in cache]
-    kv_valid = parallel.constrain(pad(kv_valid, 1), ("batch", "length"))
-    return constrain_cache(grown), kv_valid
 
 
 def _generate(
@@ -216,13 +200,13 @@ def _generate(
         model = nnx.merge(graphdef, params)
         batch, prompt_len = tokens_bp.shape
         n_new = sp.max_new_tokens
-        ends = _chunk_ends(n_new)
+        ends = chunk_ends(n_new)
         cache = init_cache(model.cfg, batch, prompt_len + ends[0], cache_dtype, stacked=not unroll)
-        blocks = model.layer_blocks() if unroll else None  # sliced once, read by every step
+        blocks = layer_blocks(model) if unroll else None  # sliced once, read by every step
         kv_valid = jnp.concatenate([valid_bp, jnp.zeros((batch, ends[0]), jnp.int32)], axis=1)
         kv_valid = parallel.constrain(kv_valid, ("batch", "length"))
         positions = jnp.maximum(jnp.cumsum(valid_bp, axis=1) - 1, 0)
-        hidden, cache = model.extend(tokens_bp, positions, kv_valid, cache, 0, blocks)
+        hidden, cache = extend(model, tokens_bp, positions, kv_valid, cache, 0, blocks)
         logits = model.logits(hidden[:, -1:])[:, 0]
         next_pos = positions[:, -1] + 1
 
@@ -237,7 +221,7 @@ def _generate(
 
         def body(carry):
             i, cache, kv_valid, logits, pos, rope, toks, logps, mask, done = carry
-            token, logp = _choose(logits, uniforms[i], sp)
+            token, logp = choose_tokens(logits, uniforms[i], sp)
             live = ~done
             toks = toks.at[:, i].set(jnp.where(live, token, pad_id))
             logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
@@ -247,13 +231,13 @@ def _generate(
             kv_valid = jax.lax.dynamic_update_slice_in_dim(
                 kv_valid, live.astype(jnp.int32)[:, None], slot, 1
             )
-            hidden, cache = model.extend(
-                token[:, None], pos[:, None], kv_valid, cache, slot, blocks, rope
+            hidden, cache = extend(
+                model, token[:, None], pos[:, None], kv_valid, cache, slot, blocks, rope
             )
             logits = model.logits(hidden)[:, 0]
             # The next step's rotary tables, made here so that they sit in the carry: made in
             # the step that reads them, XLA fuses cos/sin into every head's rotation
-            # (see `Transformer.extend`).
+            # (see `align_jax.models.decode.extend`).
             rope = rope_tables(pos[:, None] + 1, inv_freq)
             return i + 1, cache, kv_valid, logits, pos + 1, rope, toks, logps, mask, done
 
@@ -265,7 +249,10 @@ def _generate(
         for chunk, end in enumerate(ends):
             if chunk:  # room for this chunk's slots: grow the cache (a copy per chunk)
                 i, cache, kv_valid, *rest = carry
-                cache, kv_valid = _grow(cache, kv_valid, end - ends[chunk - 1])
+                extra = end - ends[chunk - 1]
+                cache = grow_cache(cache, extra)
+                kv_valid = jnp.pad(kv_valid, ((0, 0), (0, extra)))
+                kv_valid = parallel.constrain(kv_valid, ("batch", "length"))
                 carry = (i, cache, kv_valid, *rest)
             carry = jax.lax.while_loop(functools.partial(cond, end=end), body, carry)
         *_, toks, logps, mask, _ = carry
@@ -279,8 +266,6 @@ def reshard_params(params, model_cfg, mesh, rules):
     replicated or split over few devices) while training is FSDP: this copies the
     parameters device-to-device into that mesh's shardings (no host round trip).
     """
-    from align_jax import models
-
     _, shapes, axes = models.abstract_params(model_cfg)
     return jax.device_put(params, models.param_shardings(shapes, axes, mesh, rules))
 

@@ -30,17 +30,16 @@ from align_jax.data import sft as sft_data
 from align_jax.data import unpaired as unpaired_data
 from align_jax.data.pipeline import to_global_batch
 from align_jax.data.tokenizer import Tokenizer
-from align_jax.interop import hf
+from align_jax.interop import hf_config
+from align_jax.training import init as init_lib
 from align_jax.training import lora as lora_training
 from align_jax.training import metrics as metrics_lib
+from align_jax.training import reference
 from align_jax.training import step as step_lib
+from align_jax.training.errors import TrainingError
 from align_jax.training.optimizer import make_optimizer
 
 log = logging.getLogger("align_jax")
-
-
-class TrainingError(RuntimeError):
-    """A run that must stop, with a one-line reason for the user."""
 
 
 @contextlib.contextmanager
@@ -94,7 +93,7 @@ class _StopFlag:
 
 
 # batch_kind -> the data module that builds those batches (load_source, make_train_iterator,
-# make_eval_iterator, count_stats). Later stages add theirs here.
+# make_eval_iterator; every source has stats()). Later stages add theirs here.
 DATA_PIPELINES = {
     "tokens": pretrain_data,
     "sft": sft_data,
@@ -136,62 +135,32 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     mesh = parallel.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding.rules)
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
-
-    if config.init_from and hf.is_hf_dir(config.init_from):
-        # A Hugging Face checkpoint defines the architecture; the config keeps dtypes, remat.
-        hf_config = hf.read_hf_config(config.init_from)
-        with config.unlocked():
-            config.model = hf.model_config_from_hf(hf_config, config.init_from, like=config.model)
-        log.info("config.model from %s/config.json (%s)", config.init_from, hf_config["model_type"])
-    tokenizer = Tokenizer.load(config.data.tokenizer)
-    if tokenizer.vocab_size > config.model.vocab_size:
-        raise TrainingError(
-            f"config.model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size} ({config.data.tokenizer})"
-        )
+    _model_config_from_hf(config)
+    tokenizer = _load_tokenizer(config)
 
     graphdef, param_shapes, param_axes = models.abstract_params(config.model)
     param_shardings = models.param_shardings(param_shapes, param_axes, mesh, rules)
     objective = objectives.build(config, graphdef)
-    base = base_shapes = base_shardings = None
+    base = None
     if models.lora_settings(config.model) is not None:
         # Only adapters (and new heads) train and are checkpointed; the base travels in the
         # step's `frozen` argument (align_jax/training/lora.py).
-        param_shapes, base_shapes = lora_training.split(param_shapes)
-        param_shardings, base_shardings = lora_training.split(param_shardings)
-        base = lora_training.load_base(config, base_shapes, base_shardings)
+        param_shapes, param_shardings, base = lora_training.split_base(
+            config, param_shapes, param_shardings
+        )
         objective = lora_training.wrap_objective(objective, param_shapes)
     tx, schedule = make_optimizer(config.optimizer, config.total_steps)
     shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh)
 
     data = DATA_PIPELINES[objective.batch_kind]
-    train_source = data.load_source(config.data, "train", tokenizer)
-    eval_source = (
-        data.load_source(config.data, "eval", tokenizer) if config.data.eval_files else None
-    )
-    for split, source in (("train", train_source), ("eval", eval_source)):
-        if source is not None:
-            log.info("%s data: %s", split, data.count_stats(source))
-    frozen, frozen_shardings, ref_tables = None, None, {}
-    if objective.needs_reference:
-        ref_shapes, ref_shardings = (
-            (param_shapes, param_shardings) if base is None else (base_shapes, base_shardings)
-        )
-        frozen, ref_tables = _reference(
-            config, objective, data, tokenizer, mesh, rules, workdir,
-            ref_shapes, ref_shardings, {"train": train_source, "eval": eval_source}, base,
-        )  # fmt: skip
-        frozen_shardings = ref_shardings if frozen is not None else None
-    if base is not None:
-        separate = frozen is not None and frozen is not base
-        frozen = {"base": base, "reference": frozen if separate else None}
-        frozen_shardings = {
-            "base": base_shardings,
-            "reference": ref_shardings if separate else None,
-        }
+    sources = _load_sources(config, data, tokenizer)
+    frozen, frozen_shardings, ref_tables = _frozen_inputs(
+        config, objective, data, tokenizer, mesh, rules, workdir,
+        param_shapes, param_shardings, base, sources,
+    )  # fmt: skip
     table_kwargs = lambda split: {"ref_table": ref_tables[split]} if ref_tables else {}  # noqa: E731
     train_iter = data.make_train_iterator(
-        config.data, tokenizer, seed=config.seed, source=train_source, **table_kwargs("train")
+        config.data, tokenizer, seed=config.seed, source=sources["train"], **table_kwargs("train")
     )
 
     checkpointer = ckpt.Checkpointer(
@@ -199,45 +168,14 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
         keep=config.keep_checkpoints,
         async_save=config.async_checkpointing,
     )
-    config_dict = json.loads(config.to_json_best_effort())
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_dict, f, indent=2)
+    config_dict = _write_config(config, workdir)
 
     with parallel.sharding_context(mesh, rules):
-        start = checkpointer.latest_step()
-        if start is not None:
-            abstract = ckpt.abstract_like(step_lib.abstract_state(tx, param_shapes), shardings)
-            state = checkpointer.restore(start, abstract, train_iter)
-            log.info("resumed from %s at step %d", checkpointer.directory, start)
-        else:
-            start = 0
-            if base is not None:
-                params = lora_training.init_trainable(config, param_shapes, param_shardings)
-                log.info("LoRA adapters over the frozen base from %s", config.init_from)
-            else:
-                _, params, _ = models.init_params(config.model, mesh, rules, config.seed)
-            if config.init_from and base is None:
-                params = ckpt.load_params(
-                    config.init_from, param_shapes, param_shardings, fresh=params
-                )
-                added, unused = ckpt.checkpoint_diff(config.init_from, param_shapes)
-                log.info("initialised parameters from %s", config.init_from)
-                if added:
-                    log.info("newly initialised (not in the checkpoint): %s", ", ".join(added))
-                if unused:
-                    log.info("checkpoint parameters not used: %s", ", ".join(unused))
-            state = step_lib.init_state(tx, params, shardings)
-        n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-        if base is None:
-            log.info("model: %.2fM parameters", n_params / 1e6)
-        else:
-            n_total = n_params + sum(x.size for x in jax.tree.leaves(base))
-            log.info(
-                "model: %.2fM parameters, %.4fM (%.2f%%) of them trainable: LoRA %s",
-                n_total / 1e6, n_params / 1e6, 100 * n_params / n_total,
-                models.lora_settings(config.model),
-            )  # fmt: skip
+        state, start = init_lib.resume_or_init(
+            config, checkpointer, tx, param_shapes, param_shardings, shardings, train_iter,
+            mesh, rules, lora=base is not None,
+        )  # fmt: skip
+        _log_model_size(config, state["params"], base)
 
         first = next(train_iter)
         batch_sharding = step_lib.batch_shardings(first, mesh, rules)
@@ -287,7 +225,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                         eval_step,
                         data,
                         tokenizer,
-                        eval_source,
+                        sources["eval"],
                         state,
                         frozen,
                         table_kwargs("eval"),
@@ -312,6 +250,79 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             checkpointer.close()
             writer.close()
     return last_logged
+
+
+def _model_config_from_hf(config) -> None:
+    """A Hugging Face `init_from` defines the architecture; the config keeps dtypes, remat."""
+    if config.init_from and hf_config.is_hf_dir(config.init_from):
+        hf = hf_config.read_hf_config(config.init_from)
+        with config.unlocked():
+            config.model = hf_config.model_config_from_hf(hf, config.init_from, like=config.model)
+        log.info("config.model from %s/config.json (%s)", config.init_from, hf["model_type"])
+
+
+def _load_tokenizer(config) -> Tokenizer:
+    tokenizer = Tokenizer.load(config.data.tokenizer)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise TrainingError(
+            f"config.model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ({config.data.tokenizer})"
+        )
+    return tokenizer
+
+
+def _load_sources(config, data, tokenizer) -> dict:
+    """{"train": source, "eval": source or None}, each described in the log."""
+    sources = {"train": data.load_source(config.data, "train", tokenizer), "eval": None}
+    if config.data.eval_files:
+        sources["eval"] = data.load_source(config.data, "eval", tokenizer)
+    for split, source in sources.items():
+        if source is not None:
+            log.info("%s data: %s", split, source.stats())
+    return sources
+
+
+def _frozen_inputs(
+    config, objective, data, tokenizer, mesh, rules, workdir, param_shapes, param_shardings,
+    base, sources,
+):  # fmt: skip
+    """(the step's `frozen` argument, its shardings, {split: precomputed reference table}):
+    the reference model (objectives that need one) and a LoRA run's base, or None."""
+    frozen, frozen_shardings, ref_tables = None, None, {}
+    if objective.needs_reference:
+        ref_shapes, ref_shardings = (
+            (param_shapes, param_shardings) if base is None else (base.shapes, base.shardings)
+        )
+        frozen, ref_tables = reference.load(
+            config, objective, data, tokenizer, mesh, rules, workdir, ref_shapes, ref_shardings,
+            sources, None if base is None else base.params,
+        )  # fmt: skip
+        frozen_shardings = ref_shardings if frozen is not None else None
+    if base is not None:
+        frozen, frozen_shardings = lora_training.frozen_inputs(base, frozen)
+    return frozen, frozen_shardings, ref_tables
+
+
+def _write_config(config, workdir: str) -> dict:
+    """The resolved config, as the checkpoints store it; written to workdir/config.json."""
+    config_dict = json.loads(config.to_json_best_effort())
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_dict, f, indent=2)
+    return config_dict
+
+
+def _log_model_size(config, params: dict, base) -> None:
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    if base is None:
+        log.info("model: %.2fM parameters", n_params / 1e6)
+        return
+    n_total = n_params + sum(x.size for x in jax.tree.leaves(base.params))
+    log.info(
+        "model: %.2fM parameters, %.4fM (%.2f%%) of them trainable: LoRA %s",
+        n_total / 1e6, n_params / 1e6, 100 * n_params / n_total,
+        models.lora_settings(config.model),
+    )  # fmt: skip
 
 
 def evaluate(
@@ -344,60 +355,3 @@ def evaluate(
         out["perplexity"] = float(np.exp(min(loss, 80.0)))
     out.update({k: s / max(c, 1.0) for k, (s, c) in metric_sums.items()})
     return out
-
-
-def _reference(
-    config, objective, data, tokenizer, mesh, rules, workdir, shapes, shardings, sources,
-    base=None,
-):  # fmt: skip
-    """The frozen reference's parameters, or (precompute_ref_logps) per-example reference
-    log-probs of every train and eval record, computed once and cached in the workdir.
-
-    A LoRA run passes its loaded `base`: the reference is that base unless
-    `reference_from` names another model, which is then loaded (without adapters)."""
-    path = config.objective.reference_from or config.init_from
-    if not path:
-        raise TrainingError(
-            f"objective '{objective.name}' needs a reference model: set config.init_from "
-            "(or config.objective.reference_from)"
-        )
-    with parallel.sharding_context(mesh, rules):
-        if base is not None and os.path.abspath(path) == os.path.abspath(config.init_from):
-            ref_params = base
-        else:
-            ref_params = ckpt.load_params(path, shapes, shardings)
-        log.info("reference model from %s", path)
-        if not config.objective.precompute_ref_logps:
-            return ref_params, {}
-        fn = jax.jit(
-            lambda p, b: (*objective.reference_logps_fn(p, b), b["index"], b["valid"]),
-            out_shardings=parallel.replicated(mesh),
-        )
-        tables = {}
-        for split, source in sources.items():
-            if source is None:
-                continue
-            cache = os.path.join(workdir, f"ref_logps_{split}.npy")
-            key = {"reference": os.path.abspath(path), "records": len(source),
-                   "files": list(source.paths)}  # fmt: skip
-            if os.path.exists(cache) and os.path.exists(cache + ".json"):
-                with open(cache + ".json") as f:
-                    if json.load(f) == key:
-                        tables[split] = np.load(cache)
-                        log.info("reference log-probs (%s) from %s", split, cache)
-                        continue
-            table = np.zeros((len(source), 2), np.float32)
-            for batch in data.make_eval_iterator(config.data, tokenizer, source=source):
-                sh = step_lib.batch_shardings(batch, mesh, rules)
-                c, r, index, valid = jax.device_get(
-                    fn(ref_params, to_global_batch(batch, sh))
-                )
-                keep = valid > 0
-                table[index[keep], 0], table[index[keep], 1] = c[keep], r[keep]
-            if jax.process_index() == 0:
-                np.save(cache, table)
-                with open(cache + ".json", "w") as f:
-                    json.dump(key, f)
-            tables[split] = table
-            log.info("reference log-probs (%s): %d records precomputed", split, len(source))
-    return None, tables

@@ -2,7 +2,7 @@
 
 With `config.model.lora.rank > 0` the loop runs the usual train step with
 
-    state["params"] = adapters + new heads (`checkpoint.NEW_HEADS`): all the optimizer and
+    state["params"] = adapters + new heads (`loading.NEW_HEADS`): all the optimizer and
                       the checkpoints ever hold
     frozen          = {"base": the init_from parameters,
                        "reference": a separate reference model's, or None}
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from align_jax import checkpoint as ckpt
+from align_jax import loading
 from align_jax.models import lora
 from align_jax.models.transformer import Transformer
 from align_jax.objectives import Objective
@@ -30,7 +30,34 @@ from align_jax.objectives import Objective
 
 def split(tree: dict) -> tuple[dict, dict]:
     """(trainable: adapters and new heads, frozen base) of a tree keyed like the parameters."""
-    return lora.split(tree, trainable_heads=ckpt.NEW_HEADS)
+    return lora.split(tree, trainable_heads=loading.NEW_HEADS)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBase:
+    """The frozen base model beside the trainable adapters: its parameters and layout."""
+
+    params: dict
+    shapes: dict
+    shardings: dict
+
+
+def split_base(config, shapes: dict, shardings: dict) -> tuple[dict, dict, FrozenBase]:
+    """(trainable shapes, trainable shardings, the base loaded from `config.init_from`)."""
+    shapes, base_shapes = split(shapes)
+    shardings, base_shardings = split(shardings)
+    base = load_base(config, base_shapes, base_shardings)
+    return shapes, shardings, FrozenBase(base, base_shapes, base_shardings)
+
+
+def frozen_inputs(base: FrozenBase, reference: dict | None) -> tuple[dict, dict]:
+    """The step's `frozen` argument and its shardings: the base, and the reference when it is
+    a separate model (None when the reference is the base itself, or precomputed)."""
+    separate = reference is not None and reference is not base.params
+    return (
+        {"base": base.params, "reference": reference if separate else None},
+        {"base": base.shardings, "reference": base.shardings if separate else None},
+    )
 
 
 def load_base(config, shapes: dict, shardings: dict) -> dict:
@@ -41,7 +68,7 @@ def load_base(config, shapes: dict, shardings: dict) -> dict:
             "config.model.lora.rank > 0 trains adapters over a frozen base: set "
             "config.init_from to the base model's run or checkpoint"
         )
-    return ckpt.load_params(config.init_from, shapes, shardings)
+    return loading.load_params(config.init_from, shapes, shardings)
 
 
 def init_trainable(config, shapes: dict, shardings: dict) -> dict:
@@ -54,12 +81,12 @@ def init_trainable(config, shapes: dict, shardings: dict) -> dict:
         return split(nnx.to_pure_dict(state))[0]
 
     params = jax.jit(init, out_shardings=shardings)()
-    heads = {k: shapes[k] for k in ckpt.NEW_HEADS if k in shapes}
+    heads = {k: shapes[k] for k in loading.NEW_HEADS if k in shapes}
     if heads:
-        added = {name.split("/")[0] for name in ckpt.checkpoint_diff(config.init_from, heads)[0]}
+        added = {name.split("/")[0] for name in loading.checkpoint_diff(config.init_from, heads)[0]}
         kept = {k: v for k, v in heads.items() if k not in added}
         if kept:
-            stored = ckpt.load_params(config.init_from, kept, {k: shardings[k] for k in kept})
+            stored = loading.load_params(config.init_from, kept, {k: shardings[k] for k in kept})
             params.update(stored)
     return params
 

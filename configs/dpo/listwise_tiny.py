@@ -9,30 +9,14 @@ soft pairwise labels with temperature `--config.objective.score_tau`. Lists have
 The frozen reference is the init_from checkpoint, run in the train step.
 """
 
-from align_jax.config import base_config, model_config
+from align_jax.objectives import defaults
+from configs import data_files
+from configs.dpo.tiny import get_config as dpo_tiny
 
 
 def get_config(arg: str | None = None):
-    data_dir = arg or "data/tiny"
-    c = base_config()
-    c.stage = "dpo"
-    c.objective.name = "listwise"
-    c.objective.loss_type = "plackett_luce"
-    c.objective.beta = 0.1
+    c = dpo_tiny(arg)
+    c.objective = defaults("listwise")  # plackett_luce, beta 0.1
     c.objective.score_tau = 0.25
-    c.total_steps = 60
-    c.log_every = 10
-    c.eval_every = 30
-    c.checkpoint_every = 30
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
-    c.model = model_config("tiny")
-    c.optimizer.update(learning_rate=5e-4, warmup_steps=5, weight_decay=0.0)
-    c.data.update(
-        train_files=f"{data_dir}/lists_train.jsonl",
-        eval_files=f"{data_dir}/lists_eval.jsonl",
-        tokenizer=f"{data_dir}/tok.model",
-        seq_len=48,
-        batch_size=8,
-        list_size=3,
-    )
+    c.data.update(batch_size=8, list_size=3, **data_files(arg, "lists_"))
     return c

@@ -7,28 +7,11 @@ ORPO was designed to replace SFT + preference optimisation in one stage; `init_f
 a pretrained or an SFT checkpoint (it only initialises the policy).
 """
 
-from align_jax.config import base_config, model_config
+from align_jax.objectives import defaults
+from configs.dpo.tiny import get_config as dpo_tiny
 
 
 def get_config(arg: str | None = None):
-    data_dir = arg or "data/tiny"
-    c = base_config()
-    c.stage = "dpo"
-    c.objective.name = "orpo"
-    c.objective.loss_type = "orpo"
-    c.objective.orpo_lambda = 0.1
-    c.total_steps = 60
-    c.log_every = 10
-    c.eval_every = 30
-    c.checkpoint_every = 30
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
-    c.model = model_config("tiny")
-    c.optimizer.update(learning_rate=5e-4, warmup_steps=5, weight_decay=0.0)
-    c.data.update(
-        train_files=f"{data_dir}/pairs_train.jsonl",
-        eval_files=f"{data_dir}/pairs_eval.jsonl",
-        tokenizer=f"{data_dir}/tok.model",
-        seq_len=48,
-        batch_size=16,
-    )
+    c = dpo_tiny(arg)
+    c.objective = defaults("orpo")  # orpo_lambda 0.1
     return c

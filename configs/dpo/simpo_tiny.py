@@ -7,29 +7,12 @@ No reference model: `init_from` only initialises the policy. β = 2, γ = 1 are 
 repository's base-model setting.
 """
 
-from align_jax.config import base_config, model_config
+from align_jax.objectives import defaults
+from configs.dpo.tiny import get_config as dpo_tiny
 
 
 def get_config(arg: str | None = None):
-    data_dir = arg or "data/tiny"
-    c = base_config()
-    c.stage = "dpo"
-    c.objective.name = "simpo"
-    c.objective.loss_type = "simpo"
-    c.objective.beta = 2.0
-    c.objective.simpo_gamma = 1.0
-    c.total_steps = 60
-    c.log_every = 10
-    c.eval_every = 30
-    c.checkpoint_every = 30
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
-    c.model = model_config("tiny")
-    c.optimizer.update(learning_rate=5e-4, warmup_steps=5, weight_decay=0.0)
-    c.data.update(
-        train_files=f"{data_dir}/pairs_train.jsonl",
-        eval_files=f"{data_dir}/pairs_eval.jsonl",
-        tokenizer=f"{data_dir}/tok.model",
-        seq_len=48,
-        batch_size=16,
-    )
+    c = dpo_tiny(arg)
+    c.objective = defaults("simpo")
+    c.objective.update(beta=2.0, simpo_gamma=1.0)
     return c

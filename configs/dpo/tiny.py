@@ -6,30 +6,20 @@
 Any of `align_jax.losses.DPO_LOSS_TYPES` (or a comma-joined mix with
 `--config.objective.loss_weights`) swaps the variant with no other change.
 `--config.objective.precompute_ref_logps=True` computes the reference log-probs once.
+The other preference configs in this folder derive from this one (same data, schedule and
+model), changing the objective and what it needs.
 """
 
-from align_jax.config import base_config, model_config
+from align_jax.config import model_config
+from align_jax.objectives import config_for
+from configs import data_files
 
 
 def get_config(arg: str | None = None):
-    data_dir = arg or "data/tiny"
-    c = base_config()
-    c.stage = "dpo"
-    c.objective.name = "dpo"
-    c.objective.loss_type = "sigmoid"
-    c.objective.beta = 0.1
-    c.total_steps = 60
-    c.log_every = 10
-    c.eval_every = 30
-    c.checkpoint_every = 30
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c = config_for("dpo")
+    c.objective.update(loss_type="sigmoid", beta=0.1)
+    c.update(total_steps=60, log_every=10, eval_every=30, checkpoint_every=30)
     c.model = model_config("tiny")
     c.optimizer.update(learning_rate=5e-4, warmup_steps=5, weight_decay=0.0)
-    c.data.update(
-        train_files=f"{data_dir}/pairs_train.jsonl",
-        eval_files=f"{data_dir}/pairs_eval.jsonl",
-        tokenizer=f"{data_dir}/tok.model",
-        seq_len=48,
-        batch_size=16,
-    )
+    c.data.update(seq_len=48, batch_size=16, **data_files(arg, "pairs_"))
     return c

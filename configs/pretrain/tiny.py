@@ -8,28 +8,15 @@
 `:data_dir` picks another corpus folder: `--config=configs/pretrain/tiny.py:/path/to/dir`.
 """
 
-from align_jax.config import base_config, model_config
+from align_jax.config import model_config
+from align_jax.objectives import config_for
+from configs import data_files
 
 
 def get_config(arg: str | None = None):
-    data_dir = arg or "data/tiny"
-    c = base_config()
-    c.stage = "pretrain"
-    c.total_steps = 300
-    c.log_every = 25
-    c.eval_every = 100
-    c.checkpoint_every = 100
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
-
+    c = config_for("pretrain")
+    c.update(total_steps=300, log_every=25, eval_every=100, checkpoint_every=100)
     c.model = model_config("tiny")
-
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.warmup_steps = 20
-    c.optimizer.weight_decay = 0.01
-
-    c.data.train_files = f"{data_dir}/train.jsonl"
-    c.data.eval_files = f"{data_dir}/eval.jsonl"
-    c.data.tokenizer = f"{data_dir}/tok.model"
-    c.data.seq_len = 128
-    c.data.batch_size = 16
+    c.optimizer.update(learning_rate=3e-3, warmup_steps=20, weight_decay=0.01)
+    c.data.update(seq_len=128, batch_size=16, **data_files(arg))
     return c

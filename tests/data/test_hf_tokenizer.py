@@ -1,7 +1,9 @@
 """Hugging Face tokenizers behind `Tokenizer.load`, and the `checkpoint` chat template.
 
-References: the `tokenizers` package itself (encode/decode) and transformers'
-`apply_chat_template` (rendering); a tiny byte-level BPE tokenizer is trained here.
+References: the `tokenizers` package itself (encode/decode), sentencepiece's own
+`SentencePieceProcessor`, and transformers' `apply_chat_template` / `encode` / `decode`
+(rendering, and what the trained tokens of a chat are); a tiny byte-level BPE tokenizer is
+trained here.
 """
 
 import json
@@ -11,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -157,11 +160,18 @@ def test_one_interface_for_every_backend(kind, ckpt, sp_model, tmp_path):
     tok = Tokenizer.load(path)
     assert isinstance(tok, Tokenizer) and tok.path.startswith(path)
     text = "the cat sat on a mat, café"
+    if kind.startswith("sentencepiece"):
+        direct = spm.SentencePieceProcessor(model_file=sp_model)
+        expected, vocab = direct.EncodeAsIds(text), direct.GetPieceSize()
+    else:
+        direct = tokenizers.Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+        expected = direct.encode(text, add_special_tokens=False).ids
+        vocab = direct.get_vocab_size(with_added_tokens=True)
     ids = tok.encode(text)
-    assert all(isinstance(i, int) and 0 <= i < tok.vocab_size for i in ids)
-    assert tok.bos_id not in ids and tok.eos_id not in ids and tok.decode(ids) == text
-    assert 0 <= tok.bos_id < tok.vocab_size and 0 <= tok.eos_id < tok.vocab_size
-    assert 0 <= tok.pad_id < tok.vocab_size
+    assert ids == expected and all(isinstance(i, int) for i in ids)
+    assert tok.vocab_size == vocab and tok.decode(ids) == text
+    # Both backends put pad, bos, eos first (SPECIALS here; the trainer's fixed ids there).
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
 
 
 @pytest.mark.parametrize("generation_prompt", [False, True])
@@ -200,16 +210,16 @@ def test_checkpoint_mask_covers_assistant_turns(ckpt, ref):
     messages = CHATS[0]
     tokens, mask = encode_sft({"messages": messages}, tok, data_cfg())
     # The whole example is the transformers rendering, then eos.
-    assert tok.decode(tokens[:-1]) == ref.apply_chat_template(messages, tokenize=False)
-    assert tokens[-1] == tok.eos_id and mask[-1] == 1
+    rendered = ref.apply_chat_template(messages, tokenize=False)
+    assert ref.decode(tokens[:-1].tolist(), skip_special_tokens=False) == rendered
+    assert tokens[-1] == ref.eos_token_id and mask[-1] == 1
     # Trained: each assistant content plus the template's end of turn, encoded on its own.
     replies = [m["content"] + END for m in messages if m["role"] == "assistant"]
     expected = sum((ref.encode(r, add_special_tokens=False) for r in replies), [])
     assert tokens[mask > 0][:-1].tolist() == expected
-    assert tok.decode(tokens[mask > 0][:-1]) == "".join(replies)
 
 
-def test_checkpoint_template_through_the_sft_pipeline(ckpt, tmp_path):
+def test_checkpoint_template_through_the_sft_pipeline(ckpt, ref, tmp_path):
     tok = Tokenizer.load(str(ckpt))
     path = tmp_path / "chats.jsonl"
     records = [{"messages": CHATS[i % 2]} for i in range(4)]
@@ -219,10 +229,10 @@ def test_checkpoint_template_through_the_sft_pipeline(ckpt, tmp_path):
         sft.make_train_iterator(cfg, tok, seed=0, source=sft.load_source(cfg, "train", tok))
     )
     for row, r in enumerate(records):
-        sel = batch["loss_mask"][row] > 0
+        trained = batch["targets"][row][batch["loss_mask"][row] > 0].tolist()
         replies = [m["content"] + END for m in r["messages"] if m["role"] == "assistant"]
-        assert tok.decode(batch["targets"][row][sel][:-1]) == "".join(replies)
-        assert batch["targets"][row][sel][-1] == tok.eos_id
+        expected = sum((ref.encode(x, add_special_tokens=False) for x in replies), [])
+        assert trained == expected + [ref.eos_token_id]
 
 
 def test_sentencepiece_checkpoint_dir_reads_specials(sp_model, tmp_path):
@@ -230,11 +240,14 @@ def test_sentencepiece_checkpoint_dir_reads_specials(sp_model, tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(_config(chat_template=TEMPLATE)))
     tok = Tokenizer.load(str(tmp_path))
     text = tok.apply_chat_template(CHATS[1])
-    assert text.startswith("<s><|im_start|>user\n")
+    assert text.startswith("<s><|im_start|>user\n") and text.count("<s>") == 1
+    direct = spm.SentencePieceProcessor(model_file=sp_model)
+    # "<s>" is the bos id (1); the rest is sentencepiece's encoding of the text after it.
     ids = tok.encode(text)
-    assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1 and tok.decode(ids) == text
+    assert ids == [1] + direct.EncodeAsIds(text[len("<s>") :]) and tok.decode(ids) == text
     # A bare .model keeps sentencepiece's behaviour: "<s>" in text is text.
-    assert Tokenizer.load(sp_model).encode("<s>") != [tok.bos_id]
+    bare = Tokenizer.load(sp_model).encode("<s>")
+    assert bare == direct.EncodeAsIds("<s>") and 1 not in bare
 
 
 def _one_line_error(fn, *needles):

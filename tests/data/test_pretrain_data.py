@@ -14,7 +14,6 @@ from align_jax.data import (
     FIELDS,
     DataError,
     DocumentSource,
-    count_stats,
     expand_files,
     load_source,
     make_eval_dataset,
@@ -191,7 +190,7 @@ def test_empty_documents_are_skipped_and_counted(tmp_path):
     src = DocumentSource([str(path)])
     assert [src[i] for i in range(len(src))] == ["real one", "two"]
     assert src.num_skipped_empty == 2
-    assert count_stats(src) == {"files": 1, "documents": 2, "skipped_empty": 2}
+    assert src.stats() == {"files": 1, "documents": 2, "skipped_empty": 2}
     only_empty = _write_jsonl(tmp_path / "e.jsonl", ["", " "])
     assert "no usable records (skipped: {'empty': 2})" in _error(DocumentSource, [str(only_empty)])
 

@@ -1,4 +1,5 @@
-"""SFT and preference-pair data: loss masks, chat templates, packing, counts, bad input."""
+"""SFT and preference-pair data: loss masks, chat templates, packing, counts, reference
+log-probs by record index, bad input (every later stage's plain-text file)."""
 
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from align_jax.config import base_config
-from align_jax.data import pairs, sft
+from align_jax.data import listwise, pairs, sft, unpaired
 from align_jax.data.records import CHAT_TEMPLATES, encode_sft
 from align_jax.data.sources import DataError
 from align_jax.data.tokenizer import train_tokenizer
@@ -223,3 +224,66 @@ def test_pairs_bad_records(tok, tmp_path):
         ],
     )
     assert pairs.load_source(data_cfg(path), "train", tok).stats()["skipped_empty_completion"] == 1
+
+
+def test_reference_table_fields_follow_the_record_index(tok, tmp_path):
+    records = [
+        {"prompt": "the cat ", "chosen": c, "rejected": r}
+        for c, r in (("sat", "mat"), ("two", "five"), ("a", "on a mat"))
+    ]
+    path = write(tmp_path / "r.jsonl", records)
+    table = np.asarray([[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]], np.float32)
+    cfg = data_cfg(path, batch_size=3, shuffle=True)
+    src = pairs.load_source(cfg, "train", tok)
+    batch = next(pairs.make_train_iterator(cfg, tok, seed=5, source=src, ref_table=table))
+    # Whatever order shuffling brings, each row's chosen text is its file line's.
+    chosen = [r["chosen"] for r in records]
+    for row in range(3):
+        i = int(batch["index"][row])
+        sel = batch["chosen_mask"][row] > 0
+        assert tok.decode(batch["chosen_tokens"][row][sel][:-1].tolist()) == chosen[i]
+        assert batch["ref_chosen_logps"][row] == table[i, 0]
+        assert batch["ref_rejected_logps"][row] == table[i, 1]
+    assert sorted(batch["index"].tolist()) == [0, 1, 2] != batch["index"].tolist()
+    ev = next(
+        pairs.make_eval_iterator(data_cfg(path, batch_size=4), tok, source=src, ref_table=table)
+    )
+    np.testing.assert_array_equal(ev["ref_rejected_logps"], [-2.0, -4.0, -6.0, 0.0])
+
+    path = write(
+        tmp_path / "u.jsonl",
+        [{"prompt": "a ", "completion": "cat", "label": i % 2 == 0} for i in range(3)],
+    )
+    src = unpaired.load_source(data_cfg(path), "train", tok)
+    ev = next(unpaired.make_eval_iterator(data_cfg(path), tok, source=src, ref_table=table))
+    np.testing.assert_array_equal(ev["ref_logps"], [-1.0, -3.0, -5.0, 0.0])
+    np.testing.assert_array_equal(ev["index"], [0, 1, 2, 0])
+
+
+@pytest.mark.parametrize(
+    "module, record, fields",
+    [
+        (sft, {"prompt": "a", "completion": "b"}, "string 'prompt' and 'completion' fields"),
+        (pairs, {"prompt": "a", "chosen": "b", "rejected": "c"}, "'chosen' and 'rejected'"),
+        (listwise, {"prompt": "a", "responses": ["b", "c"], "ranks": [1, 2]}, "'responses'"),
+        (unpaired, {"prompt": "a", "completion": "b", "label": True}, "and a 'label'"),
+    ],
+)
+def test_plain_text_file_is_a_one_line_error(tok, tmp_path, module, record, fields):
+    def error(path, **kw):
+        with pytest.raises(DataError) as e:
+            module.load_source(data_cfg(str(path), **kw), "train", tok)
+        msg = str(e.value)
+        assert "\n" not in msg and fields in msg, msg
+        assert "data is JSONL: expected one JSON object per line with" in msg, msg
+        return msg
+
+    text = tmp_path / "train.txt"
+    text.write_text("the cat sat\n\non a mat\n")
+    assert error(text).startswith(f"{text}: plain text (by its extension); ")
+    # A JSONL file read as text is the same error; read as JSONL it loads.
+    jsonl = write(tmp_path / "train.jsonl", [record, record])
+    assert error(jsonl, format="text").startswith(
+        f"{jsonl}: plain text (config.data.format='text')"
+    )
+    assert len(module.load_source(data_cfg(jsonl), "train", tok)) == 2

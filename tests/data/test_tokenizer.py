@@ -1,4 +1,8 @@
-"""Tokenizer: training on our formats, lossless round trips, and load errors that name the path."""
+"""Tokenizer: training on our formats, lossless round trips, and load errors that name the path.
+
+References: sentencepiece's own `SentencePieceProcessor` on the trained model file, and ids
+known by hand (the fixed special ids; byte-fallback pieces: id 4 + the byte's value).
+"""
 
 import importlib.util
 import json
@@ -6,6 +10,7 @@ import pathlib
 import random
 
 import pytest
+import sentencepiece as spm
 
 from align_jax.data import DataError, Tokenizer, train_tokenizer
 
@@ -39,9 +44,16 @@ def tok(corpus):
     )
 
 
-def test_special_ids_and_vocab(tok):
+@pytest.fixture(scope="module")
+def processor(tok):
+    """sentencepiece's own reader of the trained model file."""
+    return spm.SentencePieceProcessor(model_file=tok.path)
+
+
+def test_special_ids_and_vocab(tok, processor):
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
-    assert tok.vocab_size == VOCAB
+    assert [processor.IdToPiece(i) for i in range(4)] == ["<pad>", "<s>", "</s>", "<unk>"]
+    assert tok.vocab_size == processor.GetPieceSize() == VOCAB
 
 
 @pytest.mark.parametrize(
@@ -55,16 +67,31 @@ def test_special_ids_and_vocab(tok):
         "",
     ],
 )
-def test_round_trip(tok, text):
+def test_round_trip(tok, processor, text):
     ids = tok.encode(text)
-    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert ids == processor.EncodeAsIds(text)
     assert tok.bos_id not in ids and tok.eos_id not in ids
-    assert tok.decode(ids) == text
+    assert tok.decode(ids) == processor.DecodeIds(ids) == text
 
 
-def test_load_reads_trained_model(tok):
+def test_pieces_spell_the_text(tok, processor):
+    # No dummy prefix and no whitespace folding: the pieces, "▁" read as a space, are the text.
+    text = "the  river model under a  fox "
+    pieces = [processor.IdToPiece(i) for i in tok.encode(text)]
+    assert "".join(pieces).replace("▁", " ") == text
+
+
+@pytest.mark.parametrize("char", ["😀", "東", "Ω", "\t"])
+def test_unseen_characters_fall_back_to_bytes(tok, char):
+    # Byte pieces follow the four specials: <0x00> is id 4.
+    assert tok.encode(char) == [4 + b for b in char.encode("utf-8")]
+
+
+def test_load_reads_trained_model(tok, processor):
     again = Tokenizer.load(tok.path)
-    assert again.encode("the river model") == tok.encode("the river model")
+    for text in ("the river model", "naïve über straße 2024"):
+        assert again.encode(text) == processor.EncodeAsIds(text)
+    assert again.vocab_size == processor.GetPieceSize()
 
 
 def test_missing_file_names_path(tmp_path):

@@ -1,6 +1,6 @@
-"""DPO family: every loss_type against numpy written from REFERENCES.md, plus hand values.
+"""DPO family: every loss_type against numpy written from docs/objectives.md, plus hand values.
 
-The expected numbers never call align_jax: `ref_*` below are the REFERENCES.md formulas in
+The expected numbers never call align_jax: `ref_*` below are the docs/objectives.md formulas in
 float64 numpy. Gradients are checked against central differences of those formulas.
 """
 
@@ -54,7 +54,7 @@ def batch():
 
 
 def reference_loss(loss_type, c, r, rc, rr, lc, lr, beta, eps, tau=0.05):
-    """REFERENCES.md's table, term by term."""
+    """docs/objectives.md's table, term by term."""
     pc, pr = c - rc, r - rr
     d = pc - pr
     if loss_type == "sigmoid":

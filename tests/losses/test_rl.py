@@ -1,4 +1,4 @@
-"""Reward model, PPO and GRPO pieces against numpy loops written from REFERENCES.md."""
+"""Reward model, PPO and GRPO pieces against numpy loops written from docs/objectives.md."""
 
 from functools import partial
 

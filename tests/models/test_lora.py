@@ -10,7 +10,7 @@ from flax import nnx
 from align_jax import parallel
 from align_jax.config import DEFAULT_RULES, model_config
 from align_jax.models import abstract_params, apply_model, count_params, init_params, lora
-from align_jax.models.transformer import Attention
+from align_jax.models.layers import Attention
 
 SMALL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64)
 ALL = "q,k,v,o,gate,up,down"
@@ -85,7 +85,7 @@ def test_adapter_path_is_x_w_plus_scaled_low_rank_update():
     want = np.einsum("bld,dhk->blhk", x, p("q_kernel")) + 3.0 * np.einsum(
         "bld,dr,rhk->blhk", x, p("q_lora_a"), p("q_lora_b")
     )
-    np.testing.assert_allclose(np.asarray(attn._project(x, "q")), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(attn.project(x, "q")), want, rtol=1e-5, atol=1e-5)
     assert not hasattr(attn, "k_lora_a")
 
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from align_jax import objectives, parallel
-from align_jax.config import DEFAULT_RULES, base_config, model_config
+from align_jax.config import DEFAULT_RULES, model_config
 from align_jax.losses import token_logprobs
 from align_jax.models import apply_model, init_params
 
 
 def dpo_config(**objective):
-    cfg = base_config()
-    cfg.objective.update(name="dpo", loss_type="sigmoid", beta=0.5)
+    cfg = objectives.config_for("dpo")
+    cfg.objective.update(loss_type="sigmoid", beta=0.5)
     cfg.objective.update(objective)
     cfg.model = model_config("tiny", vocab_size=64, d_model=32, head_dim=8, mlp_dim=64)
     return cfg

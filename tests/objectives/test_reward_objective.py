@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from align_jax import objectives, parallel
-from align_jax.config import DEFAULT_RULES, base_config, model_config
+from align_jax.config import DEFAULT_RULES, model_config
 from align_jax.losses import bradley_terry_loss
-from align_jax.models import apply_scores, init_params
+from align_jax.models import apply_model, init_params
 from align_jax.objectives.reward import last_token_rewards
 
 
@@ -32,8 +32,8 @@ def test_bradley_terry_hand_computed():
 
 
 def test_reward_read_at_last_real_token_and_loss_matches_manual():
-    cfg = base_config()
-    cfg.objective.update(name="reward", loss_type="bradley_terry", center_coef=0.1)
+    cfg = objectives.config_for("reward")
+    cfg.objective.center_coef = 0.1
     cfg.model = model_config(
         "tiny", head="scalar", vocab_size=64, d_model=32, head_dim=8, mlp_dim=64
     )
@@ -48,7 +48,7 @@ def test_reward_read_at_last_real_token_and_loss_matches_manual():
         segments[i, :n] = 1
     got = last_token_rewards(graphdef, params, jnp.asarray(tokens), jnp.asarray(segments))
     for i, n in enumerate(lengths):  # the same sequence alone, unpadded
-        alone = apply_scores(graphdef, params, jnp.asarray(tokens[i : i + 1, :n]))
+        alone = apply_model(graphdef, params, jnp.asarray(tokens[i : i + 1, :n]))
         np.testing.assert_allclose(got[i], alone[0, -1], rtol=1e-5, atol=1e-6)
 
     objective = objectives.build(cfg, graphdef)
@@ -69,7 +69,6 @@ def test_reward_read_at_last_real_token_and_loss_matches_manual():
 
 
 def test_reward_objective_needs_a_scalar_head():
-    cfg = base_config()
-    cfg.objective.update(name="reward", loss_type="bradley_terry")
+    cfg = objectives.config_for("reward")
     with pytest.raises(ValueError, match="needs config.model.head='scalar'"):
         objectives.build(cfg, None)

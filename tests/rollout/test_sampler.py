@@ -1,5 +1,6 @@
-"""Sampler: cached greedy == full recomputation, seeds, EOS, padding layouts, sharding, and
-log-probs that equal the training side's."""
+"""Sampler: cached greedy == full recomputation, seeds, EOS, padding layouts, sharding,
+top-k / top-p that sample only inside their sets, and log-probs that equal the training
+side's."""
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from align_jax.rollout import (
     reshard_params,
     sample_categorical,
 )
+from align_jax.rollout.sampler import chunk_ends
 
 EOS, PAD = 2, 0
 PROMPTS = [[1, 5, 9, 11, 3], [1, 7], [1, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
@@ -42,7 +44,7 @@ def sampler(model, eos=EOS, mesh=None, unroll=None):
     )
 
 
-# The two layer layouts of a decode step (Transformer.extend): per-layer weights and caches
+# The two layer layouts of a decode step (models.decode.extend): per-layer weights and caches
 # with the layers unrolled (the CPU default), and the stacked ones scanned.
 LAYOUTS = pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "scanned"])
 
@@ -50,17 +52,48 @@ LAYOUTS = pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "sca
 _FORWARD = {}  # id(graphdef) -> jitted forward
 
 
-def greedy_by_recompute(graphdef, params, prompt, n_new, width=32):
-    """Greedy tokens by a full forward pass per token, no cache. Sequences are right-padded
+def forward_logits(graphdef, params, seq, width=32):
+    """Logits [len(seq), V] of one full forward pass, no cache. The sequence is right-padded
     to `width` (one compile): causal attention keeps padding out of earlier positions."""
     if id(graphdef) not in _FORWARD:
         _FORWARD[id(graphdef)] = jax.jit(lambda p, t: apply_model(graphdef, p, t))
-    forward = _FORWARD[id(graphdef)]
+    logits = _FORWARD[id(graphdef)](params, jnp.asarray([seq + [PAD] * (width - len(seq))]))
+    return np.asarray(logits[0, : len(seq)])
+
+
+def training_side_logprobs(graphdef, params, prompt, completion, temperature=1.0, width=32):
+    """The training side's log-probs of `completion` after `prompt` (`token_logprobs` over
+    one forward pass of the sequence, right-padded to `width`)."""
+    seq = list(prompt) + list(completion)
+    logits = forward_logits(graphdef, params, seq[:-1], width)
+    logps = token_logprobs(
+        jnp.asarray(logits)[None], jnp.asarray([seq[1:]]), temperature=temperature
+    )
+    return np.asarray(logps[0, len(prompt) - 1 :])
+
+
+def greedy_by_recompute(graphdef, params, prompt, n_new):
+    """Greedy tokens by a full forward pass per token."""
     seq = list(prompt)
     for _ in range(n_new):
-        logits = forward(params, jnp.asarray([seq + [PAD] * (width - len(seq))]))
-        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
+        seq.append(int(np.argmax(forward_logits(graphdef, params, seq)[-1])))
     return seq[len(prompt) :]
+
+
+def allowed_tokens(scaled_v, top_k, top_p, tol=1e-4):
+    """The tokens top-k then top-p may sample from, recomputed from logits / T [V]: the k
+    highest (ties with the k-th kept), then, over their renormalised softmax, every token
+    whose more likely tokens hold less than `top_p` of the mass (the smallest set reaching
+    `top_p`). `tol` absorbs the cached decode's rounding against a full forward pass."""
+    keep = np.ones(scaled_v.shape, bool)
+    if top_k:
+        keep &= scaled_v >= np.sort(scaled_v)[-top_k] - tol
+    if top_p < 1:
+        probs = np.where(keep, np.exp(scaled_v - scaled_v.max()), 0.0)
+        probs /= probs.sum()
+        above = scaled_v[None, :] > scaled_v[:, None] + tol  # [v, u]: u more likely than v
+        keep &= (above * probs[None, :]).sum(axis=1) < top_p + tol
+    return set(np.flatnonzero(keep).tolist())
 
 
 @LAYOUTS
@@ -80,12 +113,40 @@ def test_logprobs_match_training_side_at_temperature(model):
     out = sampler(model, eos=-1).generate(params, PROMPTS, sp, seed=3)
     for row in range(len(PROMPTS) * 2):
         prompt = PROMPTS[out["prompt_index"][row]]
-        seq = jnp.asarray([prompt + out["tokens"][row].tolist()])
-        logits = apply_model(graphdef, params, seq[:, :-1])
-        train_side = token_logprobs(logits, seq[:, 1:], temperature=0.7)[0, len(prompt) - 1 :]
+        completion = out["tokens"][row].tolist()
+        train_side = training_side_logprobs(graphdef, params, prompt, completion, 0.7)
         np.testing.assert_allclose(out["logprobs"][row], train_side, atol=2e-5)
         # exp(new - old) is exactly the ratio an RL update starts from.
         np.testing.assert_allclose(np.exp(train_side - out["logprobs"][row]), 1.0, atol=5e-5)
+
+
+def test_sampled_tokens_lie_in_the_top_k_set_and_the_nucleus(model):
+    # Each sampled token checked against the sets recomputed from a full forward pass over
+    # its prefix. At T = 1.5 the model's distributions are broad, so a sampler that ignored
+    # either filter would leave its set within a few of these 192 tokens.
+    cfg, graphdef, params, _ = model
+    temperature, top_k, top_p = 1.5, 8, 0.6
+    sp = SamplingParams(16, temperature=temperature, top_k=top_k, top_p=top_p, n=4)
+    out = sampler(model, eos=-1).generate(params, PROMPTS, sp, seed=11)
+    for row, index in enumerate(out["prompt_index"]):
+        prompt, completion = PROMPTS[index], out["tokens"][row].tolist()
+        logits = forward_logits(graphdef, params, prompt + completion[:-1])[len(prompt) - 1 :]
+        for step, token in enumerate(completion):
+            scaled = logits[step] / temperature
+            top = allowed_tokens(scaled, top_k, 1.0)
+            nucleus = allowed_tokens(scaled, top_k, top_p)
+            assert len(nucleus) < len(top) < cfg.vocab_size // 4  # both sets cut something
+            assert token in top and token in nucleus, (row, step, token, sorted(nucleus))
+
+
+def test_top_k_1_samples_the_greedy_tokens(model):
+    _, _, params, _ = model
+    s = sampler(model, eos=-1)
+    greedy = s.generate(params, PROMPTS, SamplingParams(12, temperature=0.0), seed=0)
+    top_1 = s.generate(params, PROMPTS, SamplingParams(12, temperature=1.0, top_k=1), seed=4)
+    np.testing.assert_array_equal(top_1["tokens"], greedy["tokens"])
+    # Both report log-probs at T = 1 under the unfiltered distribution.
+    np.testing.assert_allclose(top_1["logprobs"], greedy["logprobs"], atol=1e-6)
 
 
 def test_sampling_is_reproducible_per_seed_and_n_samples_differ(model):
@@ -120,27 +181,25 @@ def test_all_rows_done_ends_the_loop_early(model):
     _, graphdef, params, _ = model
     free = greedy_by_recompute(graphdef, params, PROMPTS[1], 1)
     out = sampler(model, eos=free[0]).generate(
-        params, [PROMPTS[1]], SamplingParams(max_new_tokens=100, temperature=0.0), seed=0
-    )  # 3 decode chunks: the first one's loop ends at once, the later ones run no step
+        params, [PROMPTS[1]], SamplingParams(max_new_tokens=64, temperature=0.0), seed=0
+    )  # 2 decode chunks: the first one's loop ends at once, the second runs no step
     assert out["mask"][0].sum() == 1 and out["tokens"][0][0] == free[0]
-    assert out["tokens"][0][1:].tolist() == [PAD] * 99
+    assert out["tokens"][0][1:].tolist() == [PAD] * 63
 
 
 @LAYOUTS
 def test_chunked_decode_matches_the_training_side_across_chunks(model, unroll):
-    # 96 new tokens decode in 3 chunks, the cache growing at each boundary; the log-probs of
-    # every sampled token still equal one forward pass over prompt + completion.
-    from align_jax.rollout.sampler import _chunk_ends
-
-    assert _chunk_ends(96) == [32, 64, 96]
+    # 64 new tokens (the fewest that make more than one chunk) decode in 2 chunks, the cache
+    # growing at the boundary; the log-probs of every sampled token still equal one forward
+    # pass over prompt + completion.
+    assert chunk_ends(63) == [63] and chunk_ends(64) == [32, 64]
     cfg, graphdef, params, _ = model
-    sp = SamplingParams(max_new_tokens=96, temperature=1.0)
+    sp = SamplingParams(max_new_tokens=64, temperature=1.0)
     out = sampler(model, eos=-1, unroll=unroll).generate(params, PROMPTS, sp, seed=5)
-    assert out["mask"].sum() == 96 * len(PROMPTS)
+    assert out["mask"].sum() == 64 * len(PROMPTS)
     for row, prompt in enumerate(PROMPTS):
-        seq = jnp.asarray([prompt + out["tokens"][row].tolist()])
-        logits = apply_model(graphdef, params, seq[:, :-1])
-        train_side = token_logprobs(logits, seq[:, 1:])[0, len(prompt) - 1 :]
+        completion = out["tokens"][row].tolist()
+        train_side = training_side_logprobs(graphdef, params, prompt, completion, width=80)
         np.testing.assert_allclose(out["logprobs"][row], train_side, atol=5e-5)
 
 
@@ -158,9 +217,8 @@ def test_bf16_compute_matches_the_training_side_to_bf16_rounding(model, unroll):
     sp = SamplingParams(max_new_tokens=40, temperature=1.0)
     out = s.generate(params, PROMPTS, sp, seed=5)
     for row, prompt in enumerate(PROMPTS):
-        seq = jnp.asarray([prompt + out["tokens"][row].tolist()])
-        logits = apply_model(graphdef, params, seq[:, :-1])
-        train_side = token_logprobs(logits, seq[:, 1:])[0, len(prompt) - 1 :]
+        completion = out["tokens"][row].tolist()
+        train_side = training_side_logprobs(graphdef, params, prompt, completion, width=64)
         np.testing.assert_allclose(out["logprobs"][row], train_side, atol=0.1)
 
 

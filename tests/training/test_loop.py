@@ -4,84 +4,44 @@ sharding agreement and gradient accumulation, on the 8-device CPU mesh."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from tiny_runs import (
+    HANG_GUARD_S,
+    REPO,
+    VOCAB,
+    checkpoint_steps,
+    copy_run,
+    read_metrics,
+    read_params,
+    scheduled_lr,
+    tiny_config,
+    train_losses,
+)
 
 from align_jax import checkpoint as ckpt
-from align_jax import models, objectives, parallel
-from align_jax.config import base_config
-from align_jax.data.tokenizer import train_tokenizer
+from align_jax import loading, models, objectives, parallel
+from align_jax.training import init as init_lib
 from align_jax.training import loop
 from align_jax.training import step as step_lib
 from align_jax.training.optimizer import make_optimizer
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "experiments"))
-from tiny_corpus import write_corpus  # noqa: E402
-
-VOCAB = 384
+from align_jax.tree import flatten
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    write_corpus(d, n_train=600, n_eval=40, seed=0)
-    train_tokenizer([str(d / "train.jsonl")], str(d / "tok"), VOCAB)
-    return d
+@pytest.fixture
+def data_dir(tiny_data):
+    return tiny_data
 
 
-def tiny_config(data_dir, **overrides):
-    c = base_config()
-    c.total_steps = 8
-    c.log_every = 1
-    c.eval_every = 0
-    c.checkpoint_every = 4
-    c.async_checkpointing = False
-    c.progress_bar = False
-    c.mesh.update(data=2, fsdp=2, tensor=2)
-    c.model.update(
-        vocab_size=VOCAB,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        head_dim=8,
-        mlp_dim=64,
-        max_seq_len=32,
-    )
-    c.optimizer.update(learning_rate=3e-3, warmup_steps=2, weight_decay=0.01)
-    c.data.update(
-        train_files=str(data_dir / "train.jsonl"),
-        eval_files=str(data_dir / "eval.jsonl"),
-        tokenizer=str(data_dir / "tok.model"),
-        seq_len=32,
-        batch_size=8,
-    )
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def train_losses(workdir):
-    return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
-
-
+@pytest.mark.slow
 def test_tiny_pretraining_run_learns_and_writes_its_workdir(data_dir, tmp_path):
     cfg = tiny_config(
         data_dir,
@@ -102,22 +62,37 @@ def test_tiny_pretraining_run_learns_and_writes_its_workdir(data_dir, tmp_path):
     assert [r["step"] for r in evals] == [30, 60]
     assert evals[1]["eval_perplexity"] == pytest.approx(math.exp(evals[1]["eval_loss"]), rel=1e-6)
     assert evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    opt = cfg.optimizer
+    schedule = dict(
+        lr=opt.learning_rate, warmup=opt.warmup_steps, total=cfg.total_steps,
+        end_factor=opt.end_lr_factor, kind=opt.schedule,
+    )  # fmt: skip
     for r in records:
         if "loss" in r:
             assert {"learning_rate", "grad_norm", "tokens_per_sec"} <= set(r)
+            # Step s is logged after update s - 1 (warmup from 0, then cosine decay).
+            want = scheduled_lr(r["step"] - 1, **schedule)
+            assert r["learning_rate"] == pytest.approx(want, rel=1e-6, abs=1e-12), r["step"]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["30", "60"]
     assert json.load(open(tmp_path / "config.json"))["model"]["d_model"] == 32
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted(data_dir, tmp_path):
-    # A constant schedule, so stopping at 4 via total_steps=4 trains the same first 4 steps
-    # as the 8-step run (the SIGTERM test below covers a real interruption).
-    cfg = lambda n: tiny_config(data_dir, total_steps=n, **{"optimizer.schedule": "constant"})  # noqa: E731
-    full, split = tmp_path / "full", tmp_path / "split"
-    loop.train(cfg(8), str(full))
-    loop.train(cfg(4), str(split))
-    loop.train(cfg(8), str(split))
+def constant_lr(data_dir, total_steps, **overrides):
+    """`tiny_config` with a constant schedule: the first k steps of a run of any length are
+    the same, so a run stopped at k (by total_steps or a signal) continues the longer one."""
+    return tiny_config(
+        data_dir, total_steps=total_steps, **{"optimizer.schedule": "constant", **overrides}
+    )
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_run_equals_uninterrupted(data_dir, base_run, tmp_path):
+    # base_run is this config stopped at 4 by total_steps=4 (the SIGTERM test below covers a
+    # real interruption).
+    full, split = tmp_path / "full", copy_run(base_run, tmp_path / "split")
+    loop.train(constant_lr(data_dir, 8), str(full))
+    loop.train(constant_lr(data_dir, 8), str(split))
     a, b = train_losses(full), train_losses(split)
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert a == b  # exactly: same data position, same RNG, same state
@@ -125,8 +100,10 @@ def test_stopped_and_resumed_run_equals_uninterrupted(data_dir, tmp_path):
     assert steps == sorted(steps) and len(steps) == len(set(steps))
 
 
-def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(data_dir, tmp_path):
-    cfg = tiny_config(data_dir, total_steps=100000, checkpoint_every=100000)
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(data_dir, tmp_path, caplog):
+    workdir = tmp_path / "run"
+    cfg = constant_lr(data_dir, 100000, checkpoint_every=100000)  # only SIGTERM saves
     flags = [f"--config.{k}={v}" for k, v in _flatten(cfg.to_dict())]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     cmd = [
@@ -134,26 +111,43 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(data_dir, tmp_path
         "-m",
         "align_jax.train",
         f"--config={REPO}/configs/pretrain/tiny.py",
-        f"--workdir={tmp_path}",
+        f"--workdir={workdir}",
         *flags,
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
+    # stderr to a file: a pipe nobody reads while we wait would fill and stall the child.
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=stderr)
+    err = lambda: (tmp_path / "stderr.txt").read_text()[-3000:]  # noqa: E731
+    metrics = workdir / "metrics.jsonl"
+    hung = time.monotonic() + HANG_GUARD_S
+    # However long start-up and compilation take here, signal once 3 steps are logged.
+    while proc.poll() is None and not (
         metrics.exists() and len(metrics.read_text().splitlines()) >= 3
     ):
+        assert time.monotonic() < hung, "the run logged no 3 steps: hung?\n" + err()
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before the signal:\n" + err()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    saved = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
-    assert len(saved) == 1 and saved[0] >= 3
-    assert "checkpoint saved" in err
-    # The next run resumes from it.
-    resumed = tiny_config(data_dir, total_steps=saved[0] + 2)
-    loop.train(resumed, str(tmp_path))
-    assert max(train_losses(tmp_path)) == saved[0] + 2
+    assert proc.wait(timeout=HANG_GUARD_S) == 0, err()
+    saved = checkpoint_steps(workdir)
+    assert len(saved) == 1 and saved[0] >= 3, saved
+    k = saved[0]
+    assert f"stopped by signal after step {k}; checkpoint saved" in err()
+    interrupted = metrics.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in interrupted] == list(range(1, k + 1))
+
+    # The next run resumes at k: it says so, and appends to the interrupted run's records
+    # (a run restarted from step 0 would rewrite or repeat them) ...
+    with caplog.at_level("INFO", logger="align_jax"):
+        loop.train(constant_lr(data_dir, k + 2), str(workdir))
+    assert re.search(rf"resumed from \S+ at step {k}$", caplog.text, re.MULTILINE), caplog.text
+    resumed = metrics.read_text().splitlines()
+    assert resumed[:k] == interrupted
+    assert [json.loads(line)["step"] for line in resumed] == list(range(1, k + 3))
+    # ... and continues exactly where the interrupted run stopped: data position, RNG, state.
+    full = tmp_path / "full"
+    loop.train(constant_lr(data_dir, k + 2), str(full))
+    assert train_losses(workdir) == train_losses(full)
 
 
 def _flatten(d, prefix=""):
@@ -164,30 +158,27 @@ def _flatten(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    loop.train(tiny_config(data_dir, total_steps=4), str(tmp_path))
-    good = ckpt.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
-    assert good.latest_step() == 4
-    good.close()
-    before = sorted(os.listdir(tmp_path / "checkpoints" / "4" / "state"))
-    # An absurd learning rate blows the parameters up within a few steps.
-    cfg = tiny_config(
-        data_dir,
-        total_steps=40,
-        checkpoint_every=1,
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, base_run, tmp_path):
+    workdir = copy_run(base_run, tmp_path / "run")  # checkpoints at steps 2 and 4
+    good, records = read_params(workdir, 4), read_metrics(workdir)
+    # Resumed at 4 with an absurd learning rate, step 5's update overflows the parameters
+    # (param_norm = inf). Logging and saving every 3 steps, step 5 is neither logged nor
+    # saved: only the check deferred to after step 6 is dispatched sees it, and must stop
+    # before step 6 is logged or saved.
+    cfg = constant_lr(
+        data_dir, 12, log_every=3, checkpoint_every=3,
         **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0},
-    )
+    )  # fmt: skip
     with pytest.raises(
         loop.TrainingError,
-        match=r"non-finite loss or parameters .* at step \d+.*last good checkpoint",
+        match=r"non-finite loss or parameters \(.*\) at step 5: stopping; "
+        r"the last good checkpoint \(step 4\) is kept",
     ):
-        loop.train(cfg, str(tmp_path))
-    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
-    # Every checkpoint that was written holds finite parameters.
-    for s in saved:
-        params = ckpt.load_params(str(tmp_path / "checkpoints" / str(s)), *_param_tree(cfg))
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params)), s
-    assert sorted(os.listdir(tmp_path / "checkpoints" / "4" / "state")) == before
+        loop.train(cfg, str(workdir))
+    assert checkpoint_steps(workdir) == [2, 4]
+    jax.tree.map(np.testing.assert_array_equal, read_params(workdir, 4), good)  # bit for bit
+    assert read_metrics(workdir) == records  # nothing logged after step 4
 
 
 def _param_tree(cfg, mesh=None):
@@ -196,10 +187,11 @@ def _param_tree(cfg, mesh=None):
     return shapes, models.param_shardings(shapes, axes, mesh, cfg.sharding.rules)
 
 
-def test_resuming_with_another_optimizer_is_a_clear_error(data_dir, tmp_path):
-    loop.train(tiny_config(data_dir, total_steps=4), str(tmp_path))
+@pytest.mark.slow
+def test_resuming_with_another_optimizer_is_a_clear_error(data_dir, base_run, tmp_path):
+    workdir = copy_run(base_run, tmp_path / "run")
     with pytest.raises(ckpt.CheckpointError, match=r"checkpoints/4: the checkpoint does not match"):
-        loop.train(tiny_config(data_dir, total_steps=8, **{"optimizer.name": "sgd"}), str(tmp_path))
+        loop.train(tiny_config(data_dir, total_steps=8, **{"optimizer.name": "sgd"}), str(workdir))
 
 
 def test_second_run_in_a_busy_workdir_is_refused(data_dir, tmp_path):
@@ -208,24 +200,56 @@ def test_second_run_in_a_busy_workdir_is_refused(data_dir, tmp_path):
             loop.train(tiny_config(data_dir), str(tmp_path))
 
 
-def test_init_from_loads_parameters_and_names_mismatches(data_dir, tmp_path, monkeypatch):
+def test_init_from_loads_parameters_and_names_mismatches(data_dir, tmp_path, monkeypatch, caplog):
     loop.train(tiny_config(data_dir, total_steps=4), str(tmp_path / "a"))
+    # The source values, read by Orbax itself as host arrays (no align_jax loading code).
+    state_dir = tmp_path / "a" / "checkpoints" / "4" / "state"
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), ckpt.stored_tree(state_dir)
+    )
+    stored = flatten(
+        ocp.PyTreeCheckpointer().restore(
+            str(state_dir), args=ocp.args.PyTreeRestore(restore_args=as_numpy)
+        )["params"]
+    )
+    # Another mesh than the one that wrote it (2x2x2), and a relative path, as users type it.
     cfg = tiny_config(data_dir, mesh={"data": 1, "fsdp": 8, "tensor": 1})
     shapes, shardings = _param_tree(cfg)
-    monkeypatch.chdir(tmp_path)  # a relative path, as users type it
-    params = ckpt.load_params("a", shapes, shardings)
-    assert (
-        params["layers"]["mlp"]["up_kernel"].sharding.spec
-        == shardings["layers"]["mlp"]["up_kernel"].spec
-    )
+    monkeypatch.chdir(tmp_path)
+    params = flatten(loading.load_params("a", shapes, shardings))
+    assert params.keys() == stored.keys()
+    for path, value in stored.items():
+        assert params[path].sharding.spec == flatten(shardings)[path].spec, path
+        assert params[path].dtype == value.dtype, path
+        np.testing.assert_array_equal(np.asarray(params[path]), value, err_msg=str(path))
+
+    # A reward model on this LM: the backbone comes from the checkpoint bit for bit, the new
+    # score head is the seed's fresh initialisation, and the log says both that and what
+    # went unused (the LM head).
+    rm = tiny_config(data_dir, mesh={"data": 1, "fsdp": 8, "tensor": 1}, **{"model.head": "scalar"})
+    rm.init_from = "a"
+    mesh = parallel.make_mesh(rm.mesh)
+    rules = tuple(tuple(r) for r in rm.sharding.rules)
+    rm_shapes, rm_shardings = _param_tree(rm, mesh)
+    with parallel.sharding_context(mesh, rules), caplog.at_level("INFO", logger="align_jax"):
+        got = flatten(init_lib.initial_params(rm, rm_shapes, rm_shardings, mesh, rules, lora=False))
+        fresh = flatten(models.init_params(rm.model, mesh, rules, rm.seed)[1])
+    assert got.keys() == fresh.keys() == (stored.keys() - {("lm_head",)}) | {("score_head",)}
+    for path, value in got.items():
+        want = fresh[path] if path == ("score_head",) else stored[path]
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(want), err_msg=str(path))
+    assert np.abs(np.asarray(got[("score_head",)])).max() > 0  # drawn, not a zero default
+    assert "newly initialised (not in the checkpoint): score_head" in caplog.text
+    assert "checkpoint parameters not used: lm_head" in caplog.text
+
     wider = tiny_config(data_dir, **{"model.mlp_dim": 96})
     with pytest.raises(
         ckpt.CheckpointError,
         match=r"'layers/mlp/down_kernel' has shape \(2, 64, 32\).*expects \(2, 96, 32\)",
     ):
-        ckpt.load_params(str(tmp_path / "a"), *_param_tree(wider))
+        loading.load_params(str(tmp_path / "a"), *_param_tree(wider))
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
-        ckpt.load_params(str(tmp_path / "nope"), shapes, shardings)
+        loading.load_params(str(tmp_path / "nope"), shapes, shardings)
 
 
 def _synthetic_batch(cfg, seed=0):
@@ -334,9 +358,12 @@ def _cli(tmp_path, *extra, data_dir):
         "--config.model.n_layers=1",
         *extra,
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_are_one_line_errors(data_dir, tmp_path):
     out = _cli(tmp_path / "a", "--config.optimizer.nope=1", data_dir=data_dir)
     assert out.returncode != 0 and "nope" in out.stderr

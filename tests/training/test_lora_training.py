@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from align_jax import checkpoint as ckpt
-from align_jax import objectives, parallel
-from align_jax.config import DEFAULT_RULES, base_config, model_config
+from align_jax import loading, objectives, parallel
+from align_jax.config import DEFAULT_RULES, model_config
 from align_jax.models import abstract_params, apply_model, init_params, lora, param_shardings
 from align_jax.training import loop
 from align_jax.training import lora as lora_training
@@ -24,15 +24,15 @@ from align_jax.tree import flatten
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "objectives"))
 from test_dpo_objective import pair_batch  # noqa: E402
-from test_preference_runs import config, sft  # noqa: E402, F401  (sft: the SFT-run fixture)
+from tiny_runs import stage_config  # noqa: E402
 
 SMALL = dict(vocab_size=64, d_model=32, head_dim=8, mlp_dim=64)
 LORA = dict(rank=4, alpha=8.0, targets="q,k,v,o,gate,up,down")
 
 
 def dpo_lora_config():
-    cfg = base_config()
-    cfg.objective.update(name="dpo", loss_type="sigmoid", beta=0.5)
+    cfg = objectives.config_for("dpo")
+    cfg.objective.update(loss_type="sigmoid", beta=0.5)
     cfg.model = model_config("tiny", **SMALL, lora=LORA)
     cfg.optimizer.update(learning_rate=1e-2, warmup_steps=0, weight_decay=0.0)
     return cfg
@@ -131,7 +131,7 @@ def test_separate_reference_equals_merged_policy_against_that_reference():
     cfg = dpo_lora_config()
     mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     objective, _, _, trainable, frozen, _ = lora_setup(cfg, mesh, b_seed=5)
-    plain_cfg = base_config()
+    plain_cfg = objectives.config_for("dpo")
     plain_cfg.objective.update(cfg.objective)
     plain_cfg.model = model_config("tiny", **SMALL)
     plain_graphdef, other, _ = init_params(plain_cfg.model, mesh, DEFAULT_RULES, 9)
@@ -147,8 +147,13 @@ def records(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
-    data, sft_dir = sft
+def config(name, data_dir, **kw):
+    return stage_config(name, data_dir, log_every=5, **kw)
+
+
+@pytest.mark.slow
+def test_lora_dpo_run_from_sft(sft_run, tmp_path):
+    data, sft_dir = sft_run.data, sft_run.sft
     # A constant schedule, so a run stopped via total_steps=10 trains the 20-step run's first 10.
     fixed = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "optimizer.schedule": "constant"}
     cfg = lambda n, **kw: config(  # noqa: E731
@@ -165,13 +170,13 @@ def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
     assert evals[-1]["eval_reward_accuracy"] > 0.8 and evals[-1]["eval_kl_ref"] > 0
 
     # The checkpoint holds the adapters and nothing else.
-    stored = flatten(dict(ckpt._stored_tree(ckpt._resolve_state_dir(str(full)))["params"]))
+    stored = flatten(dict(ckpt.stored_tree(ckpt.resolve_state_dir(str(full)))["params"]))
     assert stored and all(lora.is_adapter(k[-1]) for k in stored)
 
     # load_run: the base from the run's init_from with the adapters merged in, a plain model.
-    run_cfg, graphdef, merged, run_mesh = ckpt.load_run(str(full))
+    run_cfg, graphdef, merged, run_mesh = loading.load_run(str(full))
     assert run_cfg.model.lora.rank == 0
-    _, _, sft_params, _ = ckpt.load_run(str(sft_dir), mesh=run_mesh)
+    _, _, sft_params, _ = loading.load_run(str(sft_dir), mesh=run_mesh)
     assert jax.tree.structure(merged) == jax.tree.structure(sft_params)
     np.testing.assert_array_equal(merged["embedding"], sft_params["embedding"])
     assert not np.allclose(
@@ -180,7 +185,7 @@ def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
     lora_graphdef, shapes, axes = abstract_params(cfg(20).model)
     t_shapes, _ = lora_training.split(shapes)
     t_sh, _ = lora_training.split(param_shardings(shapes, axes, run_mesh, DEFAULT_RULES))
-    adapters = ckpt.load_params(str(full), t_shapes, t_sh, merge_lora_runs=False)
+    adapters = loading.load_params(str(full), t_shapes, t_sh, merge_lora_runs=False)
     tokens = pair_batch(length=16)["chosen_tokens"]
     np.testing.assert_allclose(
         apply_model(graphdef, merged, tokens),
@@ -204,10 +209,10 @@ def test_lora_dpo_run_from_sft(sft, tmp_path):  # noqa: F811
     # A LoRA run hands off like any stage: init_from reads it as the merged model.
     plain_shapes, plain_axes = abstract_params(run_cfg.model)[1:]
     plain_sh = param_shardings(plain_shapes, plain_axes, run_mesh, DEFAULT_RULES)
-    handed = ckpt.load_params(str(full), plain_shapes, plain_sh)
+    handed = loading.load_params(str(full), plain_shapes, plain_sh)
     for path, value in flatten(merged).items():
         np.testing.assert_array_equal(flatten(handed)[path], value, err_msg=str(path))
-    assert ckpt.checkpoint_diff(str(full), plain_shapes) == ([], [])
+    assert loading.checkpoint_diff(str(full), plain_shapes) == ([], [])
     chain = tmp_path / "chain"
     loop.train(config("dpo/tiny.py", data, init_from=str(full), total_steps=1), str(chain))
     assert records(chain)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)

@@ -1,8 +1,7 @@
-"""Tiny end-to-end runs of the listwise, KTO and SimPO stages from an SFT checkpoint trained
-here (pretrain -> sft, few steps), each improving its held-out metric over the SFT model's;
+"""Tiny end-to-end runs of the listwise, KTO and SimPO stages from the session's SFT run
+(`sft_run`, tests/conftest.py), each improving its held-out metric over the SFT model's;
 then the DPO ablation tool over two loss types through the CLI."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,36 +9,21 @@ import sys
 
 import jax
 import pytest
+from tiny_runs import REPO, stage_config
 
-from align_jax import checkpoint as ckpt
-from align_jax import objectives, parallel
-from align_jax.data.tokenizer import Tokenizer, train_tokenizer
+from align_jax import loading, objectives, parallel
+from align_jax.data.tokenizer import Tokenizer
 from align_jax.training import loop
 from align_jax.training import step as step_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "experiments"))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import ablate_dpo  # noqa: E402
-from tiny_corpus import write_corpus  # noqa: E402
-from tiny_tasks import write_tasks  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 def config(name, data_dir, **kw):
-    path = os.path.join(REPO, "configs", name)
-    spec = importlib.util.spec_from_file_location("cfg_" + name.replace("/", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(str(data_dir))
-    c.update(log_every=5, progress_bar=False, async_checkpointing=False)
-    c.data.prefetch_batches = 0
-    for key, value in kw.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return stage_config(name, data_dir, log_every=5, **kw)
 
 
 def last_eval(workdir):
@@ -51,7 +35,7 @@ def last_eval(workdir):
 def held_out_at_init(cfg):
     """The objective's held-out metrics for the init_from model (before any update), through
     the loop's own evaluation."""
-    _, graphdef, params, mesh = ckpt.load_run(cfg.init_from)
+    _, graphdef, params, mesh = loading.load_run(cfg.init_from)
     objective = objectives.build(cfg, graphdef)
     data = loop.DATA_PIPELINES[objective.batch_kind]
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
@@ -64,21 +48,6 @@ def held_out_at_init(cfg):
         )
 
 
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    """(data dir, SFT workdir): a tiny pretrain -> sft chain."""
-    root = tmp_path_factory.mktemp("pref")
-    data, runs = root / "data", root / "runs"
-    write_corpus(data, n_train=1000, n_eval=20, seed=0)
-    write_tasks(data, n_train=400, n_eval=64, seed=0)
-    train_tokenizer([str(data / "train.jsonl")], str(data / "tok"), 512)
-    short = {"eval_every": 0, "checkpoint_every": 1000, "data.seq_len": 64}
-    loop.train(config("pretrain/tiny.py", data, total_steps=40, **short), str(runs / "pre"))
-    sft_cfg = config("sft/tiny.py", data, total_steps=40, init_from=str(runs / "pre"), **short)
-    loop.train(sft_cfg, str(runs / "sft"))
-    return data, runs / "sft"
-
-
 def run(name, data, init_from, workdir, **kw):
     """(first train record, last eval record) of a 20-step run."""
     cfg = config(name, data, total_steps=20, eval_every=20, checkpoint_every=20, **kw)
@@ -89,8 +58,8 @@ def run(name, data, init_from, workdir, **kw):
     return cfg, first, last_eval(workdir)
 
 
-def test_listwise_plackett_luce_run(sft, tmp_path):
-    data, sft_dir = sft
+def test_listwise_plackett_luce_run(sft_run, tmp_path):
+    data, sft_dir = sft_run.data, sft_run.sft
     _, first, after = run(
         "dpo/listwise_tiny.py", data, sft_dir, tmp_path / "lw", **{"mesh.data": 2, "mesh.fsdp": 4}
     )
@@ -105,8 +74,8 @@ def test_listwise_plackett_luce_run(sft, tmp_path):
     assert after["eval_reward_margin"] > 0 and after["eval_kl_ref"] > 0
 
 
-def test_kto_run(sft, tmp_path):
-    data, sft_dir = sft
+def test_kto_run(sft_run, tmp_path):
+    data, sft_dir = sft_run.data, sft_run.sft
     _, first, after = run("dpo/kto_tiny.py", data, sft_dir, tmp_path / "kto")
     # At init ρ = 0 and z0 = 0: every example's loss is 1 − σ(0) = 0.5 (unit weights), the
     # held-out loss before training too.
@@ -116,8 +85,8 @@ def test_kto_run(sft, tmp_path):
     assert "eval_kl" in after and after["eval_kl_ref"] > 0
 
 
-def test_simpo_run(sft, tmp_path):
-    data, sft_dir = sft
+def test_simpo_run(sft_run, tmp_path):
+    data, sft_dir = sft_run.data, sft_run.sft
     cfg = config("dpo/simpo_tiny.py", data, init_from=str(sft_dir))
     before = held_out_at_init(cfg)  # no closed form without a reference: evaluate the SFT model
     _, _, after = run("dpo/simpo_tiny.py", data, sft_dir, tmp_path / "simpo")
@@ -126,8 +95,8 @@ def test_simpo_run(sft, tmp_path):
     assert after["eval_reward_accuracy"] >= before["reward_accuracy"]
 
 
-def test_ablation_tool_writes_one_table(sft, tmp_path, monkeypatch, capsys):
-    data, sft_dir = sft
+def test_ablation_tool_writes_one_table(sft_run, tmp_path, monkeypatch, capsys):
+    data, sft_dir = sft_run.data, sft_run.sft
     monkeypatch.setenv("XLA_FLAGS", "")  # the CLI runs on one device
     workdir = tmp_path / "ablate"
     code = ablate_dpo.main(
@@ -143,13 +112,40 @@ def test_ablation_tool_writes_one_table(sft, tmp_path, monkeypatch, capsys):
         ]
     )
     assert code == 0
-    table = (workdir / "ablation.md").read_text().splitlines()
-    assert table[0].startswith("| loss type | final train loss | held-out reward accuracy")
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["sigmoid", "ipo"]
+    table = (workdir / "ablation.md").read_text()
+    assert table in capsys.readouterr().out  # the printed table is the written one
+    lines = table.splitlines()
+    assert lines[0].startswith("| loss type | final train loss | held-out reward accuracy")
     rows = json.loads((workdir / "ablation.json").read_text())
-    for row in rows:
-        assert row["returncode"] == 0 and row["steps"] == 4
-        assert 0.0 <= row["eval_reward_accuracy"] <= 1.0 and row["tokens_per_sec"] > 0
-        assert row["eval_kl_ref"] > 0 and row["wall_s"] > 0
-    assert rows[0]["train_loss"] != rows[1]["train_loss"]
-    assert "| sigmoid |" in capsys.readouterr().out
+    assert [row["loss_type"] for row in rows] == ["sigmoid", "ipo"]
+    for row, line in zip(rows, lines[2:], strict=True):
+        run_dir = workdir / row["loss_type"]
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in records if "loss" in r]
+        evals = [r for r in records if "eval_loss" in r]
+        assert [r["step"] for r in train] == [1, 2, 4] and [r["step"] for r in evals] == [4]
+        assert row["returncode"] == 0 and row["steps"] == 4 and row["wall_s"] > 0
+        # Every number is the run's own: the last train record, the last eval record, and
+        # tokens/s as the median of the train records after the first (steps 2 and 4).
+        want = {
+            "train_loss": train[-1]["loss"],
+            **{k: evals[-1][k] for k in ("eval_reward_accuracy", "eval_reward_margin")},
+            "eval_kl_ref": evals[-1]["eval_kl_ref"],
+            "tokens_per_sec": (train[1]["tokens_per_sec"] + train[2]["tokens_per_sec"]) / 2,
+        }
+        assert {k: row[k] for k in want} == pytest.approx(want, rel=1e-12)
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        assert cells[0] == row["loss_type"]
+        # The table's cells print those numbers to 4 significant digits (whole from 1000 on).
+        for cell, value in zip(cells[1:], [*want.values(), row["wall_s"]], strict=True):
+            tolerance = 0.5 if abs(value) >= 1000 else 5e-4 * abs(value)
+            assert abs(float(cell) - value) <= tolerance, (cell, value)
+        assert want["eval_kl_ref"] > 0  # 4 steps moved the policy off the reference
+        # Step 1 is at policy == reference (both the SFT model): every log-ratio is 0, so
+        # the loss has its closed form, and no reward, margin or KL is anything but 0.
+        beta = json.loads((run_dir / "config.json").read_text())["objective"]["beta"]
+        closed_form = {"sigmoid": math.log(2.0), "ipo": (1.0 / (2.0 * beta)) ** 2}
+        first = train[0]
+        assert first["loss"] == pytest.approx(closed_form[row["loss_type"]], rel=1e-6)
+        assert first["reward_margin"] == 0.0 and first["chosen_reward"] == 0.0
+        assert first["reward_accuracy"] == 0.0 and first["kl_ref"] == 0.0

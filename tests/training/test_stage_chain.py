@@ -1,40 +1,24 @@
 """pretrain -> sft -> reward on the 8-device mesh, a different mesh layout in each stage,
 each stage starting from the previous one's checkpoint; then the scoring API and CLI."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+from tiny_runs import HANG_GUARD_S, REPO, read_params, stage_config
 
-from align_jax.data.tokenizer import train_tokenizer
+from align_jax import models
+from align_jax.data.tokenizer import Tokenizer
 from align_jax.score import RewardScorer
 from align_jax.training import loop
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "experiments"))
-from tiny_corpus import write_corpus  # noqa: E402
-from tiny_tasks import write_tasks  # noqa: E402
-
 
 def config(stage, data_dir, **kw):
-    path = os.path.join(REPO, "configs", stage, "tiny.py")
-    spec = importlib.util.spec_from_file_location(f"cfg_{stage}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(str(data_dir))
-    c.update(log_every=10, progress_bar=False, async_checkpointing=False)
-    c.data.prefetch_batches = 0
-    for key, value in kw.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return stage_config(f"{stage}/tiny.py", data_dir, log_every=10, **kw)
 
 
 def records(workdir):
@@ -42,38 +26,77 @@ def records(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_pretrain_sft_reward_chain(tmp_path):
-    data = tmp_path / "data"
-    write_corpus(data, n_train=1500, n_eval=50, seed=0)
-    write_tasks(data, n_train=800, n_eval=100, seed=0)
-    train_tokenizer([str(data / "train.jsonl")], str(data / "tok"), 512)
-    runs = tmp_path / "runs"
+def latest_params(workdir) -> dict:
+    """The latest checkpoint's parameters as numpy arrays, read by Orbax itself."""
+    step = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    return read_params(workdir, step)
 
-    pre = config(
-        "pretrain",
-        data,
-        total_steps=80,
-        eval_every=0,
-        checkpoint_every=80,
-        **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "data.seq_len": 64},
-    )
-    loop.train(pre, str(runs / "pre"))
 
-    sft = config(
-        "sft",
-        data,
-        total_steps=60,
-        eval_every=60,
-        checkpoint_every=60,
-        init_from=str(runs / "pre"),
-        **{"mesh.data": 1, "mesh.fsdp": 8, "mesh.tensor": 1, "data.seq_len": 64},
-    )
-    loop.train(sft, str(runs / "sft"))
-    sft_metrics = records(runs / "sft")
+def by_path(params) -> dict:
+    """`{"['layers']['mlp']['up_kernel']": array, ...}`"""
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree.leaves_with_path(params)}
+
+
+def forward(model_cfg, params, tokens):
+    """The model's output (LM logits or reward scores) for right-padded rows, float64, straight
+    from the module: no segment ids, as causal attention keeps later padding out anyway."""
+    graphdef = models.abstract_params(model_cfg)[0]
+    out = jax.jit(lambda p, t: models.apply_model(graphdef, p, t))(params, tokens)
+    return np.asarray(out, np.float64)
+
+
+def completion_logps(model_cfg, params, batch, side):
+    """Summed log-probs of each pair's `side` completion (log-softmax taken here)."""
+    tokens = batch[f"{side}_tokens"]
+    logits = forward(model_cfg, params, tokens[:, :-1])
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    token_logps = np.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    return np.sum(token_logps * batch[f"{side}_mask"][:, 1:], -1)
+
+
+def last_token_scores(model_cfg, params, tokenizer, prompts, completions):
+    """A reward model's score of bos + prompt + completion + eos, taken at the eos; the text
+    is encoded here by the tokenizer alone."""
+    rows = [
+        [tokenizer.bos_id, *tokenizer.encode(p), *tokenizer.encode(c), tokenizer.eos_id]
+        for p, c in zip(prompts, completions, strict=True)
+    ]
+    tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = row
+    scores = forward(model_cfg, params, tokens)
+    return np.array([scores[i, len(row) - 1] for i, row in enumerate(rows)]), tokens.shape[1]
+
+
+@pytest.mark.slow
+def test_pretrain_sft_reward_chain(sft_run, tmp_path):
+    # pretrain (2x2x2 mesh) -> SFT (1x8x1): the session's chain (tests/conftest.py).
+    data, runs = sft_run.data, tmp_path / "runs"
+    sft_metrics = records(sft_run.sft)
     # Starts from the pretrained model (not from scratch) and learns the task.
     assert sft_metrics[0]["loss"] < 4.0
     sft_eval = [r for r in sft_metrics if "eval_loss" in r][-1]
     assert sft_eval["eval_token_accuracy"] > 0.6
+
+    # What the reward stage loads: with a learning rate of 0, its step-1 checkpoint holds its
+    # initial parameters, which must be the SFT checkpoint's bit for bit, plus a new head.
+    rm_init = config(
+        "reward",
+        data,
+        total_steps=1,
+        eval_every=0,
+        checkpoint_every=1,
+        init_from=str(sft_run.sft),
+        **{"mesh.data": 2, "mesh.fsdp": 1, "mesh.tensor": 4, "optimizer.learning_rate": 0.0},
+    )
+    loop.train(rm_init, str(runs / "rm_init"))
+    loaded, sft_params = (by_path(latest_params(w)) for w in (runs / "rm_init", sft_run.sft))
+    assert set(loaded) - set(sft_params) == {"['score_head']"}
+    for key in set(loaded) - {"['score_head']"}:
+        np.testing.assert_array_equal(loaded[key], sft_params[key], err_msg=key)
+    head = loaded["['score_head']"]
+    assert np.all(np.isfinite(head)) and np.any(head != 0)
 
     rm = config(
         "reward",
@@ -81,7 +104,7 @@ def test_pretrain_sft_reward_chain(tmp_path):
         total_steps=60,
         eval_every=60,
         checkpoint_every=60,
-        init_from=str(runs / "sft"),
+        init_from=str(sft_run.sft),
         **{"mesh.data": 2, "mesh.fsdp": 1, "mesh.tensor": 4},
     )
     loop.train(rm, str(runs / "rm"))
@@ -95,12 +118,26 @@ def test_pretrain_sft_reward_chain(tmp_path):
         total_steps=30,
         eval_every=30,
         checkpoint_every=30,
-        init_from=str(runs / "sft"),
+        init_from=str(sft_run.sft),
         **{"mesh.data": 2, "mesh.fsdp": 4, "mesh.tensor": 1},
     )
     loop.train(dpo, str(runs / "dpo"))
     dpo_records = records(runs / "dpo")
-    assert dpo_records[0]["reward_accuracy"] == 0.0  # policy == reference at step 1: ties
+    # Step 1 runs the SFT model as the policy and as the reference: every log-ratio, reward
+    # and KL is exactly 0 (so every pair is a tie), and the logged log-probs are the SFT
+    # model's own on the run's first batch.
+    first = dpo_records[0]
+    assert first["step"] == 1 and first["reward_accuracy"] == 0.0 and first["kl_ref"] == 0.0
+    assert first["reward_margin"] == first["chosen_reward"] == first["rejected_reward"] == 0.0
+    pairs_data = loop.DATA_PIPELINES["pairs"]
+    tokenizer = Tokenizer.load(dpo.data.tokenizer)
+    source = pairs_data.load_source(dpo.data, "train", tokenizer)
+    batch = next(pairs_data.make_train_iterator(dpo.data, tokenizer, seed=dpo.seed, source=source))
+    sft_model = latest_params(sft_run.sft)
+    for side in ("chosen", "rejected"):
+        logps = completion_logps(dpo.model, sft_model, batch, side)
+        want = np.sum(logps * batch["valid"]) / np.sum(batch["valid"])
+        assert first[f"{side}_logps"] == pytest.approx(want, rel=1e-4), side
     dpo_eval = [r for r in dpo_records if "eval_loss" in r][-1]
     assert dpo_eval["eval_reward_accuracy"] >= 0.8, dpo_eval
     assert dpo_eval["eval_kl_ref"] > 0
@@ -111,7 +148,7 @@ def test_pretrain_sft_reward_chain(tmp_path):
         total_steps=2,
         eval_every=0,
         checkpoint_every=2,
-        init_from=str(runs / "sft"),
+        init_from=str(sft_run.sft),
         **{"objective.loss_type": "ipo", "objective.precompute_ref_logps": True},
     )
     loop.train(ipo, str(runs / "ipo"))
@@ -121,7 +158,7 @@ def test_pretrain_sft_reward_chain(tmp_path):
         total_steps=2,
         eval_every=0,
         checkpoint_every=2,
-        init_from=str(runs / "sft"),
+        init_from=str(sft_run.sft),
         **{"objective.loss_type": "ipo"},
     )
     loop.train(ipo_inline, str(runs / "ipo_inline"))
@@ -136,6 +173,16 @@ def test_pretrain_sft_reward_chain(tmp_path):
     chosen = scorer.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     rejected = scorer.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
     assert np.mean(chosen > rejected) >= 0.9
+    # The scores are the reward run's checkpoint's, computed here: its output at each eos.
+    want, width = last_token_scores(
+        rm.model,
+        latest_params(runs / "rm"),
+        Tokenizer.load(rm.data.tokenizer),
+        [p["prompt"] for p in pairs[:8]],
+        [p["chosen"] for p in pairs[:8]],
+    )
+    assert width <= rm.data.seq_len  # nothing was cut
+    np.testing.assert_allclose(chosen[:8], want, rtol=1e-4, atol=1e-5)
 
     inp = tmp_path / "score.jsonl"
     inp.write_text(
@@ -148,12 +195,15 @@ def test_pretrain_sft_reward_chain(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         env=dict(os.environ, XLA_FLAGS=""),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     scored = [json.loads(line) for line in out.stdout.splitlines()]
-    np.testing.assert_allclose([s["score"] for s in scored], chosen[:3], rtol=1e-4, atol=1e-5)
+    assert [(s["prompt"], s["completion"]) for s in scored] == [
+        (p["prompt"], p["chosen"]) for p in pairs[:3]
+    ]
+    np.testing.assert_allclose([s["score"] for s in scored], want[:3], rtol=1e-4, atol=1e-5)
 
     # Generation from the SFT checkpoint, scored by the reward model, through the CLI.
     prompts = tmp_path / "prompts.jsonl"
@@ -162,7 +212,7 @@ def test_pretrain_sft_reward_chain(tmp_path):
         sys.executable,
         "-m",
         "align_jax.generate",
-        f"--workdir={runs / 'sft'}",
+        f"--workdir={sft_run.sft}",
         f"--input={prompts}",
         "--temperature=0",
         "--max_new_tokens=24",
@@ -174,7 +224,7 @@ def test_pretrain_sft_reward_chain(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         env=dict(os.environ, XLA_FLAGS=""),
     )
     assert out.returncode == 0, out.stderr[-2000:]

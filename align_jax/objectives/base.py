@@ -1,0 +1,73 @@
+"""The objective contract and the registry objectives join by name.
+
+An objective module registers `builder(config, graphdef) -> Objective` with
+`@register(name, loss_types=..., defaults=...)`; `defaults()` returns the objective's own
+`config.objective` keys (`name`, `loss_type` and its knobs), so a run's config holds those
+and nothing of other objectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+LossFn = Callable[[Any, Any, dict, Any], tuple]
+
+# Tokens in a batch of each data pipeline (`Objective.batch_kind`), from its shapes: what
+# throughput counts. A pair row and a list row each hold their own padded sequence.
+BATCH_TOKENS: dict[str, Callable[[dict], int]] = {
+    "tokens": lambda batch: batch["inputs"].size,
+    "sft": lambda batch: batch["inputs"].size,
+    "pairs": lambda batch: batch["chosen_tokens"].size + batch["rejected_tokens"].size,
+    "lists": lambda batch: batch["tokens"].size,
+    "unpaired": lambda batch: batch["tokens"].size,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    loss_fn: LossFn
+    batch_kind: str  # which data pipeline feeds it: a key of BATCH_TOKENS
+    # Its loss is a per-token negative log-likelihood, so eval reports exp(loss).
+    reports_perplexity: bool = False
+    # A frozen reference model (DPO, PPO, GRPO with beta > 0) comes in as `frozen`.
+    needs_reference: bool = False
+    # (ref_params, batch) -> per-example reference log-probs, for precomputing them once.
+    reference_logps_fn: Callable | None = None
+
+    def tokens_per_batch(self, batch: dict) -> int:
+        return int(BATCH_TOKENS[self.batch_kind](batch))
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    builder: Callable[..., Objective]
+    # Valid `config.objective.loss_type` values; None leaves the check to the builder.
+    loss_types: tuple[str, ...] | None
+    defaults: Callable[[], ml_collections.ConfigDict]
+
+
+REGISTRY: dict[str, Registration] = {}
+
+
+def register(
+    name: str,
+    *,
+    loss_types: tuple[str, ...] | None,
+    defaults: Callable[[], ml_collections.ConfigDict],
+):
+    """Registers `builder(config, graphdef) -> Objective` under `name`.
+
+    `loss_types` lists the valid `config.objective.loss_type` values (None: the builder
+    checks them; DPO accepts comma-joined combinations); `defaults()` returns the
+    objective's `config.objective` keys with their default values."""
+
+    def wrap(builder):
+        REGISTRY[name] = Registration(builder, loss_types, defaults)
+        return builder
+
+    return wrap

@@ -1,0 +1,59 @@
+"""The train state a run starts from.
+
+A workdir with checkpoints resumes from the latest one (parameters, optimizer state, data
+position; the RNG follows from the step). Otherwise the parameters are initialised from
+`config.seed`, then taken from `config.init_from` where it has them: a new head (a reward
+model's score head on an SFT backbone) keeps its fresh values, and the log names what was
+added and what went unused. A LoRA run starts fresh adapters (and heads) over its base.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from align_jax import loading, models
+from align_jax.checkpoint import Checkpointer, abstract_like
+from align_jax.training import lora as lora_training
+from align_jax.training import step as step_lib
+
+log = logging.getLogger("align_jax")
+
+
+def resume_or_init(
+    config, checkpointer: Checkpointer, tx, shapes, shardings, state_shardings, train_iter,
+    mesh, rules, *, lora: bool,
+) -> tuple[dict, int]:  # fmt: skip
+    """(train state, its step): the latest checkpoint's (`train_iter` restored in place),
+    or step 0's. `shapes`, `shardings`: the trained parameters' (a LoRA run's adapters)."""
+    start = checkpointer.latest_step()
+    if start is not None:
+        abstract = abstract_like(step_lib.abstract_state(tx, shapes), state_shardings)
+        state = checkpointer.restore(start, abstract, train_iter)
+        log.info("resumed from %s at step %d", checkpointer.directory, start)
+        return state, start
+    params = initial_params(config, shapes, shardings, mesh, rules, lora=lora)
+    return step_lib.init_state(tx, params, state_shardings), 0
+
+
+def initial_params(config, shapes, shardings, mesh, rules, *, lora: bool) -> dict:
+    """Step 0's trained parameters (see the module docstring)."""
+    if lora:
+        params = lora_training.init_trainable(config, shapes, shardings)
+        log.info("LoRA adapters over the frozen base from %s", config.init_from)
+        return params
+    _, params, _ = models.init_params(config.model, mesh, rules, config.seed)
+    if config.init_from:
+        params = load_init_from(config.init_from, shapes, shardings, fresh=params)
+    return params
+
+
+def load_init_from(path: str, shapes, shardings, *, fresh: dict) -> dict:
+    """`path`'s parameters, new heads from `fresh`; logs what was added and what went unused."""
+    params = loading.load_params(path, shapes, shardings, fresh=fresh)
+    added, unused = loading.checkpoint_diff(path, shapes)
+    log.info("initialised parameters from %s", path)
+    if added:
+        log.info("newly initialised (not in the checkpoint): %s", ", ".join(added))
+    if unused:
+        log.info("checkpoint parameters not used: %s", ", ".join(unused))
+    return params
