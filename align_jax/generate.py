@@ -22,27 +22,16 @@ import sys
 from align_jax import checkpoint as ckpt
 from align_jax import cli, loading
 from align_jax.data.records import CHAT_TEMPLATES, CHECKPOINT_TEMPLATE
-from align_jax.data.sources import DataError
+from align_jax.data.sources import DataError, read_records
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.rollout import Sampler, SamplingParams
 
 
 def read_prompts(path: str) -> list[dict]:
+    """Prompt records from JSONL, or (`-`) one plain-text prompt per line of standard input."""
     if path == "-":
         return [{"prompt": line.rstrip("\n")} for line in sys.stdin if line.strip()]
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise DataError(f"{path}:{line_no}: expected a JSON object with a string 'prompt'")
-            records.append(record)
-    return records
+    return read_records(path, ("prompt",))
 
 
 def render(prompt: str, chat_template: str | None, tokenizer: Tokenizer) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 from align_jax import checkpoint as ckpt
 from align_jax import cli, loading, parallel
 from align_jax.data.records import encode_completion
-from align_jax.data.sources import DataError
+from align_jax.data.sources import DataError, read_records
 from align_jax.data.tokenizer import Tokenizer
 
 
@@ -85,28 +85,6 @@ class RewardScorer:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def _read_records(path: str) -> list[dict]:
-    f = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    records = []
-    with f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not all(
-                isinstance(record.get(k), str) for k in ("prompt", "completion")
-            ):
-                raise DataError(
-                    f"{path}:{line_no}: expected a JSON object with string 'prompt' and "
-                    "'completion' fields"
-                )
-            records.append(record)
-    return records
-
-
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(
         prog="python -m align_jax.score",
@@ -122,7 +100,7 @@ def main(argv=None) -> int:
     except cli.UsageError as e:
         return cli.report(e)
     try:
-        records = _read_records(args.input)
+        records = read_records(args.input, ("prompt", "completion"))
         scorer = RewardScorer.load(args.workdir, step=args.step, batch_size=args.batch_size)
         scores = scorer.score([r["prompt"] for r in records], [r["completion"] for r in records])
         out = sys.stdout if args.output == "-" else open(args.output, "w")

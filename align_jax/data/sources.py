@@ -35,6 +35,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -339,3 +340,29 @@ def _text_spans(path: str) -> list[tuple[int, int]]:
     if doc_start is not None:
         spans.append((doc_start, doc_end - doc_start))
     return spans
+
+
+def read_records(path: str, fields: tuple[str, ...]) -> list[dict]:
+    """JSON objects with the string `fields`, one per line of `path` (`-`: standard input),
+    for the command lines that take a small JSONL input (generate, score)."""
+    wanted = (
+        f"a string {fields[0]!r}"
+        if len(fields) == 1
+        else "string " + " and ".join(repr(k) for k in fields) + " fields"
+    )
+    f = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    records = []
+    with f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not all(
+                isinstance(record.get(k), str) for k in fields
+            ):
+                raise DataError(f"{path}:{line_no}: expected a JSON object with {wanted}")
+            records.append(record)
+    return records

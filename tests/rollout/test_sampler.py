@@ -253,7 +253,8 @@ def test_sampling_on_a_separate_data_parallel_layout(model, devices):
     placed = reshard_params(trained, cfg, dp_mesh, DEFAULT_RULES)
     leaf = placed["layers"]["mlp"]["up_kernel"]
     assert leaf.sharding.mesh == dp_mesh and leaf.sharding.is_fully_replicated
-    sp = SamplingParams(max_new_tokens=5, temperature=0.0)
+    # The sharded test's params and prompts: its one-device reference compile is reused.
+    sp = SamplingParams(max_new_tokens=6, temperature=0.0)
     prompts = PROMPTS + [[1, 4], [1, 6, 8], [1, 3, 3, 3], [1, 9], [1, 10, 11]]
     ref = sampler(model, eos=-1).generate(params, prompts, sp, seed=0)
     out = sampler(model, eos=-1, mesh=dp_mesh).generate(placed, prompts, sp, seed=0)
