@@ -163,9 +163,12 @@ def test_lora_dpo_run_from_sft(sft_run, tmp_path):
     full = tmp_path / "full"
     loop.train(cfg(20), str(full))
     first, evals = records(full)[0], [r for r in records(full) if "eval_loss" in r]
-    # Step 1: zero adapters, so policy == reference == the SFT model: loss log 2, no reward.
+    # Step 1: zero adapters, so policy == reference == the SFT model: loss log 2, no reward,
+    # to rounding (the adapted forward and the plain one are different XLA programs, so
+    # their log-probs may differ in the last bit).
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert first["chosen_reward"] == 0.0 and first["kl_ref"] == 0.0
+    assert first["chosen_reward"] == pytest.approx(0.0, abs=1e-6)
+    assert first["kl_ref"] == pytest.approx(0.0, abs=1e-6)
     assert evals[-1]["eval_loss"] < 0.5, evals[-1]  # log 2 = 0.69 before training
     assert evals[-1]["eval_reward_accuracy"] > 0.8 and evals[-1]["eval_kl_ref"] > 0
 
