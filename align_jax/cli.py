@@ -246,10 +246,7 @@ def _unknown_key(config, parts: list[str], depth: int, flag: str) -> str:
     where = f"config.{group}" if group else "the config"
     if not isinstance(node, ml_collections.ConfigDict):
         return f"{flag}: config.{group} is a value, not a group of keys{hint}"
-    return (
-        f"{flag}: unknown config key '{key}'{hint} (keys of {where}: "
-        f"{', '.join(siblings)})"
-    )
+    return f"{flag}: unknown config key '{key}'{hint} (keys of {where}: {', '.join(siblings)})"
 
 
 def _flat_keys(config, prefix: str = ""):

@@ -21,6 +21,7 @@ import ml_collections
 from align_jax import models, parallel
 from align_jax.checkpoint import (
     CheckpointError,
+    DamagedCheckpoint,
     abstract_like,
     resolve_state_dir,
     restore_subtree,
@@ -55,6 +56,13 @@ def load_params(
     (`load_run`); `merge_lora_runs=False` reads such a checkpoint as stored (its adapters
     and heads).
     """
+    try:
+        return _load_params(path, param_shapes, param_shardings, fresh, merge_lora_runs)
+    except DamagedCheckpoint as e:  # a truncated or corrupted file: name it, in one line
+        raise CheckpointError(f"config.init_from: {e}") from e
+
+
+def _load_params(path, param_shapes, param_shardings, fresh, merge_lora_runs) -> dict:
     if is_hf_dir(path):
         return hf_weights.load_params(path, param_shapes, param_shardings, fresh=fresh)
     merged = None

@@ -11,12 +11,13 @@ from its latest checkpoint.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import jax
 
 from align_jax import cli
-from align_jax.training.errors import TrainingError
+from align_jax.training.errors import Interrupted, TrainingError
 from align_jax.training.loop import train
 
 
@@ -51,6 +52,10 @@ def main(argv=None) -> int:
         force=True,
     )
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # Orbax (through absl) and asyncio log a failed background save or read with tracebacks,
+    # once per array; the error reaches main() and is reported below in one line.
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(lambda record: record.levelno < logging.ERROR)
     if args.distributed:
         if jax.config.jax_platforms == "cpu":  # CPU collectives across processes need gloo
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -61,12 +66,26 @@ def main(argv=None) -> int:
         )
     try:
         train(config, args.workdir)
+    except Interrupted as e:  # a checkpoint was saved: say where, and how to resume
+        return _last_word(str(e), 128 + e.signum)
+    except KeyboardInterrupt:  # Ctrl-C before the loop took over SIGINT (start-up)
+        return _last_word("interrupted during start-up; nothing was saved", 128 + signal.SIGINT)
     except (TrainingError, ValueError, OSError) as e:
         # Data, checkpoint and config errors are ValueErrors whose message names the file,
         # line or key: that line is the whole report.
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _last_word(f"error: {e}", 1)
     return 0
+
+
+def _last_word(line: str, status: int) -> int:
+    """Prints the run's one-line report and returns `status`. After a failed checkpoint write
+    or read, the checkpoint library's background threads may still finish callbacks into its
+    closed event loop at exit, each printed as an "ignored" traceback; the run is over and
+    its report is this line, so those are silenced."""
+    print(line, file=sys.stderr)
+    sys.stderr.flush()
+    sys.unraisablehook = lambda _: None
+    return status
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Shared runs (session-scoped; a test that writes to one copies its workdir first,
 `tiny_runs.copy_run`):
 - `tiny_data`: the tiny corpus, preference tasks and a 384-piece tokenizer.
 - `base_run`: 4 steps of `tiny_runs.tiny_config` (constant schedule, checkpoints at 2 and 4).
+- `full_run`: the same config for 16 steps uninterrupted: what a resumed run must equal.
 - `chain_data`, `sft_run`: pretrain -> SFT of the `tiny` preset, the start of every later stage.
 """
 
@@ -85,11 +86,25 @@ def base_run(tiny_data, tmp_path_factory) -> pathlib.Path:
     from align_jax.training import loop
 
     workdir = tmp_path_factory.mktemp("base_run") / "run"
-    cfg = tiny_runs.tiny_config(
-        tiny_data, total_steps=4, checkpoint_every=2, **{"optimizer.schedule": "constant"}
-    )
+    cfg = tiny_runs.constant_lr(tiny_data, 4, checkpoint_every=2)
     loop.train(cfg, str(workdir))
     return workdir
+
+
+@pytest.fixture(scope="session")
+def full_run(tiny_data, tmp_path_factory) -> pathlib.Path:
+    """`base_run`'s config run uninterrupted for 16 steps, saving only at the end: the
+    reference every stopped-and-resumed run's metrics must equal. Read-only."""
+    import tiny_runs
+
+    from align_jax.training import loop
+
+    workdir = tmp_path_factory.mktemp("full_run") / "run"
+    loop.train(tiny_runs.constant_lr(tiny_data, FULL_RUN_STEPS, checkpoint_every=100), str(workdir))
+    return workdir
+
+
+FULL_RUN_STEPS = 16
 
 
 @pytest.fixture(scope="session")

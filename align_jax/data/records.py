@@ -32,6 +32,8 @@ Chat templates (`config.data.chat_template`):
   generation prompt, so it is the content plus whatever the template closes a turn with;
   a template that does not render conversations prefix by prefix is an error.
 Loss covers assistant content plus its closing marker and eos, never system or user turns.
+A prompt for online RL (`prompt_pieces`, align_jax/data/prompts.py) is a conversation
+rendered up to the generation prompt, cut into the same pieces as SFT.
 """
 
 from __future__ import annotations
@@ -72,19 +74,7 @@ class SFTRecords(RecordKind):
         if "messages" not in record:
             require_fields(record, where, expected, {"prompt": str, "completion": str})
             return None if record["completion"].strip() else "empty_completion"
-        turns = record["messages"]
-        if not isinstance(turns, list) or not turns:
-            raise DataError(f"{where}: 'messages' is not a non-empty list; {expected}")
-        for i, turn in enumerate(turns):
-            if (
-                not isinstance(turn, dict)
-                or turn.get("role") not in ROLES
-                or not isinstance(turn.get("content"), str)
-            ):
-                raise DataError(
-                    f"{where}: messages[{i}] is {json_short(turn)}; expected "
-                    f"{{'role': one of {', '.join(ROLES)}, 'content': a string}}"
-                )
+        turns = check_messages(record, where, expected)
         has_reply = any(t["role"] == "assistant" and t["content"].strip() for t in turns)
         return None if has_reply else "no_assistant_reply"
 
@@ -219,6 +209,24 @@ class UnpairedRecords(RecordKind):
         return dict(self.tally)
 
 
+def check_messages(record: dict, where: str, expected: str) -> list[dict]:
+    """`record["messages"]`, or the one-line DataError for what makes it no conversation."""
+    turns = record["messages"]
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: 'messages' is not a non-empty list; {expected}")
+    for i, turn in enumerate(turns):
+        if (
+            not isinstance(turn, dict)
+            or turn.get("role") not in ROLES
+            or not isinstance(turn.get("content"), str)
+        ):
+            raise DataError(
+                f"{where}: messages[{i}] is {json_short(turn)}; expected "
+                f"{{'role': one of {', '.join(ROLES)}, 'content': a string}}"
+            )
+    return turns
+
+
 def _require_value(record: dict, key: str, ok, where: str, expected: str) -> None:
     """The one-line DataError when `record` holds `key` and its value fails `ok`."""
     if key in record and not ok(record[key]):
@@ -334,6 +342,27 @@ def checkpoint_pieces(messages: list[dict], tokenizer) -> list[tuple[str, bool]]
         pieces.append((text[len(done) :], trained))
         done = text
     return pieces
+
+
+def prompt_pieces(messages: list[dict], template: str, tokenizer) -> list[tuple[str, bool]]:
+    """[(text, False)] of a conversation followed by the generation prompt (the text before
+    the next assistant turn's content), split as `sft_pieces` splits the same turns when a
+    reply follows them, so a prompt tokenizes exactly as SFT tokenized it."""
+    if template == CHECKPOINT_TEMPLATE:
+        pieces = checkpoint_pieces(messages, tokenizer)[:-1]  # up to the last reply's end
+        done = "".join(text for text, _ in pieces)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        if not text.startswith(done):
+            raise DataError(
+                f"{tokenizer.path}: its chat template renders a conversation differently with "
+                "the generation prompt, so a prompt cannot be cut where SFT cut it; "
+                "config.data.chat_template='checkpoint' needs one that renders prefix by prefix"
+            )
+        pieces.append((text[len(done) :], False))
+    else:
+        pieces = sft_pieces({"messages": messages}, template, tokenizer)
+        pieces.append((CHAT_TEMPLATES[template]["prefix"]["assistant"], False))
+    return [(text, False) for text, _ in pieces]
 
 
 def encode_sft(record: dict, tokenizer, data_cfg):

@@ -40,9 +40,7 @@ def names() -> list[str]:
 
 def _registration(name: str):
     if name not in REGISTRY:
-        raise ValueError(
-            f"config.objective.name '{name}' is unknown; valid objectives: {names()}"
-        )
+        raise ValueError(f"config.objective.name '{name}' is unknown; valid objectives: {names()}")
     return REGISTRY[name]
 
 

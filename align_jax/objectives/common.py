@@ -12,8 +12,7 @@ def pair_rows(batch: dict, fields=("tokens", "segment_ids", "mask")):
     """`(tokens, segment_ids, mask)` [2B, L] of a pair batch (or the given `fields`): chosen
     rows, then rejected rows, so both sides go through the model as one batch."""
     return tuple(
-        jnp.concatenate([batch[f"chosen_{field}"], batch[f"rejected_{field}"]])
-        for field in fields
+        jnp.concatenate([batch[f"chosen_{field}"], batch[f"rejected_{field}"]]) for field in fields
     )
 
 

@@ -1,10 +1,11 @@
 """The train state a run starts from.
 
-A workdir with checkpoints resumes from the latest one (parameters, optimizer state, data
-position; the RNG follows from the step). Otherwise the parameters are initialised from
-`config.seed`, then taken from `config.init_from` where it has them: a new head (a reward
-model's score head on an SFT backbone) keeps its fresh values, and the log names what was
-added and what went unused. A LoRA run starts fresh adapters (and heads) over its base.
+A workdir with checkpoints resumes from the latest one that reads back whole (parameters,
+optimizer state, data position; the RNG follows from the step). Otherwise the parameters are
+initialised from `config.seed`, then taken from `config.init_from` where it has them: a new
+head (a reward model's score head on an SFT backbone) keeps its fresh values, and the log
+names what was added and what went unused. A LoRA run starts fresh adapters (and heads)
+over its base.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import logging
 
 from align_jax import loading, models
-from align_jax.checkpoint import Checkpointer, abstract_like
+from align_jax.checkpoint import Checkpointer, DamagedCheckpoint, abstract_like
 from align_jax.training import lora as lora_training
 from align_jax.training import step as step_lib
+from align_jax.training.errors import TrainingError
 
 log = logging.getLogger("align_jax")
 
@@ -25,14 +27,37 @@ def resume_or_init(
 ) -> tuple[dict, int]:  # fmt: skip
     """(train state, its step): the latest checkpoint's (`train_iter` restored in place),
     or step 0's. `shapes`, `shardings`: the trained parameters' (a LoRA run's adapters)."""
-    start = checkpointer.latest_step()
-    if start is not None:
+    if checkpointer.all_steps():
         abstract = abstract_like(step_lib.abstract_state(tx, shapes), state_shardings)
-        state = checkpointer.restore(start, abstract, train_iter)
-        log.info("resumed from %s at step %d", checkpointer.directory, start)
-        return state, start
+        return _restore_newest_readable(checkpointer, abstract, train_iter)
     params = initial_params(config, shapes, shardings, mesh, rules, lora=lora)
     return step_lib.init_state(tx, params, state_shardings), 0
+
+
+def _restore_newest_readable(checkpointer: Checkpointer, abstract, train_iter):
+    """The newest checkpoint that reads back whole. Damaged newer ones are reported (step,
+    item, reason) and, once an older one has restored, moved untouched aside so the run can
+    write those steps again; with none readable the run stops and moves nothing."""
+    damaged = []
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            state = checkpointer.restore(step, abstract, train_iter)
+        except DamagedCheckpoint as e:
+            log.warning("damaged checkpoint: %s", e)
+            damaged.append(step)
+            continue
+        for bad in damaged:
+            where = checkpointer.set_aside(bad)
+            log.warning("checkpoint step %d kept for inspection, untouched, in %s", bad, where)
+        if damaged:
+            log.warning("resuming from step %d, the newest checkpoint that reads back whole", step)
+        log.info("resumed from %s at step %d", checkpointer.directory, step)
+        return state, step
+    raise TrainingError(
+        f"no checkpoint in {checkpointer.directory} reads back whole (damaged: steps "
+        f"{', '.join(map(str, damaged))}; the log names each reason); they are left "
+        "as they are: move them away to start afresh, or use another --workdir"
+    )
 
 
 def initial_params(config, shapes, shardings, mesh, rules, *, lora: bool) -> dict:

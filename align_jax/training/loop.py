@@ -3,7 +3,10 @@
 It does not know which objective it runs. What it guarantees:
 - Running again in a workdir with checkpoints resumes from the latest one, data position
   and RNG included, so a stopped-and-resumed run logs the same metrics as an uninterrupted one.
-- SIGTERM (how TPU VMs are preempted) saves a checkpoint and exits cleanly.
+- SIGTERM (how TPU VMs are preempted) or a first Ctrl-C finishes the step, saves a checkpoint
+  and stops with `Interrupted` (one line: where it saved, how to resume); a second Ctrl-C
+  exits at once, leaving the committed checkpoints as they were.
+- A damaged checkpoint is reported, set aside and skipped on resume (training/init.py).
 - A non-finite loss stops the run before anything is saved, so the last good checkpoint stays.
 - Only one run uses a workdir at a time (an advisory lock on `workdir/.lock`).
 """
@@ -17,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import sys
 
 import jax
 import numpy as np
@@ -36,7 +40,7 @@ from align_jax.training import lora as lora_training
 from align_jax.training import metrics as metrics_lib
 from align_jax.training import reference
 from align_jax.training import step as step_lib
-from align_jax.training.errors import TrainingError
+from align_jax.training.errors import Interrupted, TrainingError
 from align_jax.training.optimizer import make_optimizer
 
 log = logging.getLogger("align_jax")
@@ -70,26 +74,52 @@ def workdir_lock(workdir: str):
 
 
 class _StopFlag:
-    """Set by SIGTERM; checked after each step (and agreed across hosts by Orbax)."""
+    """Set by SIGTERM (how TPU VMs are preempted) or the first Ctrl-C (SIGINT); the loop
+    checks it after each step, saves a checkpoint and stops. A second Ctrl-C exits at once,
+    without saving: Orbax commits a step by renaming its finished temporary folder, so the
+    checkpoints already committed stay as they were and a half-written one is ignored."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.set = False
-        self._previous = None
+        self.signum: int | None = None
+        self.last_saved: int | None = None  # named by the message of a second Ctrl-C
+        self._previous: dict = {}
+
+    @property
+    def set(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signum is not None:
+            kept = (
+                f"the checkpoints up to step {self.last_saved} are intact"
+                if self.last_saved
+                else "no checkpoint had been saved"
+            )
+            sys.stderr.write(f"\ninterrupted again: exiting without saving; {kept}\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        if signum == signal.SIGINT:
+            log.warning(
+                "Ctrl-C: finishing this step, then saving a checkpoint and exiting "
+                "(Ctrl-C again to exit at once without saving)"
+            )
+        else:
+            log.warning("received %s: saving a checkpoint and exiting", signal.Signals(signum).name)
 
     def __enter__(self):
-        def handler(signum, frame):
-            log.warning("received signal %d: saving a checkpoint and exiting", signum)
-            self.set = True
-
-        try:
-            self._previous = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 # batch_kind -> the data module that builds those batches (load_source, make_train_iterator,
@@ -195,7 +225,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             models.train_flops_per_token(config.model, config.data.seq_len),
             peak * jax.device_count() if peak else None,
         )
-        last_saved = start or None
+        last_saved = stop.last_saved = start or None
         last_logged: dict = {}
         pending = None  # (step, metrics) not yet checked for a finite loss
         batch = first
@@ -240,16 +270,25 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                 if should_save or preempted:
                     _check_finite(*pending, last_saved)
                     checkpointer.save(step, state, train_iter, config_dict)
-                    last_saved = step
+                    last_saved = stop.last_saved = step
                 if preempted:
-                    log.warning("stopped by signal after step %d; checkpoint saved", step)
-                    break
+                    checkpointer.close()  # the save is complete before we say so
+                    raise _interrupted(stop.signum or signal.SIGTERM, step, checkpointer)
                 if step < config.total_steps:
                     batch = next(train_iter)
         finally:
             checkpointer.close()
             writer.close()
     return last_logged
+
+
+def _interrupted(signum: int, step: int, checkpointer) -> Interrupted:
+    how = "Ctrl-C" if signum == signal.SIGINT else f"signal {signal.Signals(signum).name}"
+    return Interrupted(
+        f"stopped by {how} after step {step}; checkpoint saved in "
+        f"{checkpointer.directory}/{step}; run the same command again to resume",
+        signum,
+    )
 
 
 def _model_config_from_hf(config) -> None:

@@ -81,6 +81,28 @@ def stage_config(name: str, data_dir, **overrides):
     return set_keys(c, overrides)
 
 
+def constant_lr(data_dir, total_steps, **overrides):
+    """`tiny_config` with a constant schedule: the first k steps of a run of any length are
+    the same, so a run stopped at k (by total_steps or a signal) continues the longer one,
+    and `full_run` (tests/conftest.py) is every such run's uninterrupted reference."""
+    return tiny_config(
+        data_dir, total_steps=total_steps, **{"optimizer.schedule": "constant", **overrides}
+    )
+
+
+def cli_flags(config) -> list[str]:
+    """`config` as `--config.KEY=VALUE` flags for `python -m align_jax.train`."""
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+            elif k != "rules":
+                yield f"--config.{prefix}{k}={v}"
+
+    return list(walk(config.to_dict()))
+
+
 def copy_run(src, dst):
     """A copy of the run in `src` at `dst`, to resume or change without touching `src`."""
     shutil.copytree(src, dst)
@@ -110,8 +132,11 @@ def train_losses(workdir) -> dict[int, float]:
 
 
 def checkpoint_steps(workdir) -> list[int]:
-    """The steps with a checkpoint folder in `workdir/checkpoints`."""
-    return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    """The steps with a committed checkpoint folder in `workdir/checkpoints` (none yet: [])."""
+    folder = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(s) for s in os.listdir(folder) if s.isdigit())
 
 
 def read_params(workdir, step: int) -> dict:
