@@ -34,11 +34,14 @@ setup(
             "jinja2>=3.1.6,<4",
             "torch==2.13.0",
             "transformers>=5.24,<5.25",
+            "math-verify>=0.9,<0.10",  # the `math` extra, so `math_equiv` is tested
         ],
         # The TPU build of jax: optional, never needed on a laptop or GPU box.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Hugging Face interop: tokenizer.json tokenizers and checkpoints' chat templates.
         # (safetensors files are read and written by align_jax.interop.safetensors itself.)
         "hf": ["tokenizers>=0.20,<1", "jinja2>=3.1.6,<4"],
+        # The `math_equiv` reward function (align_jax.rollout.rewards).
+        "math": ["math-verify>=0.9,<0.10"],
     },
 )

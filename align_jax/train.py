@@ -11,6 +11,7 @@ from its latest checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     # once per array; the error reaches main() and is reported below in one line.
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(lambda record: record.levelno < logging.ERROR)
+    sys.excepthook = _drop_closed_loop_callbacks(sys.excepthook)
+    sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
     if args.distributed:
         if jax.config.jax_platforms == "cpu":  # CPU collectives across processes need gloo
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -78,15 +81,39 @@ def main(argv=None) -> int:
 
 
 def _last_word(line: str, status: int) -> int:
-    """Prints the run's one-line report and returns `status`. After a failed checkpoint write
-    or read, the checkpoint library's background threads may still finish callbacks into its
-    closed event loop at exit, each printed as an "ignored" traceback; the run is over and
-    its report is this line, so those are silenced."""
+    """Prints the run's one-line report on stderr and returns `status`."""
     print(line, file=sys.stderr)
     sys.stderr.flush()
-    sys.unraisablehook = lambda _: None
     return status
 
 
+def _drop_closed_loop_callbacks(hook):
+    """`hook` (sys.excepthook or sys.unraisablehook), except for "Event loop is closed": when
+    one array write of an asynchronous checkpoint save fails, the checkpoint library closes
+    its event loop while tensorstore still completes the other writes, and each completion's
+    callback prints that traceback from a background thread. The failed save itself is
+    reported as one line (align_jax.checkpoint)."""
+
+    def filtered(*args):
+        error = args[1] if len(args) > 1 else getattr(args[0], "exc_value", None)
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        hook(*args)
+
+    return filtered
+
+
+def _quiet_exit() -> None:
+    """After the one-line report of a stopped run, nothing more reaches stderr: a failed
+    checkpoint write leaves the checkpoint library's background threads finishing callbacks
+    into its closed event loop at interpreter exit, each printing a traceback."""
+    sys.unraisablehook = lambda _: None
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:
+        _quiet_exit()
+    sys.exit(status)

@@ -67,9 +67,7 @@ def test_config_loads_locked_and_builds_its_objective_and_optimizer(path, arg):
     tx, schedule = make_optimizer(cfg.optimizer, cfg.total_steps)
     opt_state = jax.eval_shape(tx.init, shapes)
     assert jax.tree.leaves(opt_state)
-    assert float(schedule(cfg.optimizer.warmup_steps)) == pytest.approx(
-        cfg.optimizer.learning_rate
-    )
+    assert float(schedule(cfg.optimizer.warmup_steps)) == pytest.approx(cfg.optimizer.learning_rate)
 
     if arg is None and "tiny" in path:
         assert cfg.data.tokenizer == "data/tiny/tok.model"
@@ -130,9 +128,7 @@ VARIANTS = {
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_dpo_variants_change_only_what_differs(name):
     base, cfg = flat(load("configs/dpo/tiny.py")), flat(load(f"configs/dpo/{name}.py"))
-    changed = {
-        k for k in set(base) | set(cfg) if base.get(k, "<absent>") != cfg.get(k, "<absent>")
-    }
+    changed = {k for k in set(base) | set(cfg) if base.get(k, "<absent>") != cfg.get(k, "<absent>")}
     assert changed and all(k.startswith(VARIANTS[name]) for k in changed), changed
     if name != "lora_tiny":
         assert cfg["objective.name"] == name.removesuffix("_tiny")

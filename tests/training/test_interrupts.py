@@ -23,6 +23,7 @@ from tiny_runs import (
     copy_run,
     read_metrics,
     train_losses,
+    xla_env,
 )
 
 from align_jax import checkpoint as ckpt
@@ -34,8 +35,7 @@ pytestmark = pytest.mark.slow
 def start_run(cfg, workdir, log_path, env=None, wrapper=()):
     """`python -m align_jax.train` on `cfg`, stderr to `log_path` (a pipe nobody reads while
     we wait would fill and stall the child)."""
-    env = env or dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env = xla_env(**(env or {}))
     cmd = [
         *wrapper,
         sys.executable,
@@ -224,8 +224,7 @@ def test_a_full_disk_while_saving_stops_with_one_line_and_the_next_run_resumes(
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
         "os.execv(sys.argv[1], sys.argv[1:])"
     )
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    proc = start_run(cfg, workdir, log_path, env=env, wrapper=(sys.executable, "-c", limit))
+    proc = start_run(cfg, workdir, log_path, wrapper=(sys.executable, "-c", limit))
     assert proc.wait(timeout=HANG_GUARD_S) == 1
     err = log_path.read_text()
     assert "Traceback" not in err, err[-3000:]

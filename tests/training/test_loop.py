@@ -23,6 +23,7 @@ from tiny_runs import (
     scheduled_lr,
     tiny_config,
     train_losses,
+    xla_env,
 )
 
 from align_jax import checkpoint as ckpt
@@ -278,7 +279,7 @@ def test_unknown_objective_and_loss_type_list_the_valid_ones(data_dir):
 
 
 def _cli(tmp_path, *extra, data_dir):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = xla_env()
     cmd = [
         sys.executable,
         "-m",

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from tiny_runs import HANG_GUARD_S, REPO
+from tiny_runs import HANG_GUARD_S, REPO, xla_env
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +32,7 @@ def reserved_port():
 def launch(data_dir, workdir, total_steps):
     """Runs the 2-process job; returns each process's output. A process that fails stops
     the other, which would otherwise wait on the coordinator for minutes."""
-    env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"
-    )
+    env = xla_env(devices=4, JAX_PLATFORMS="cpu")
     logs = [f"{workdir}.process_{i}.log" for i in range(2)]
     with reserved_port() as port, contextlib.ExitStack() as files:
         common = [

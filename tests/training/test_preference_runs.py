@@ -9,7 +9,7 @@ import sys
 
 import jax
 import pytest
-from tiny_runs import REPO, stage_config
+from tiny_runs import REPO, stage_config, xla_env
 
 from align_jax import loading, objectives, parallel
 from align_jax.data.tokenizer import Tokenizer
@@ -97,7 +97,7 @@ def test_simpo_run(sft_run, tmp_path):
 
 def test_ablation_tool_writes_one_table(sft_run, tmp_path, monkeypatch, capsys):
     data, sft_dir = sft_run.data, sft_run.sft
-    monkeypatch.setenv("XLA_FLAGS", "")  # the CLI runs on one device
+    monkeypatch.setenv("XLA_FLAGS", xla_env(devices=1)["XLA_FLAGS"])  # the CLI: one device
     workdir = tmp_path / "ablate"
     code = ablate_dpo.main(
         [

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from tiny_runs import HANG_GUARD_S, REPO, read_params, stage_config
+from tiny_runs import HANG_GUARD_S, REPO, read_params, stage_config, xla_env
 
 from align_jax import models
 from align_jax.data.tokenizer import Tokenizer
@@ -196,7 +196,7 @@ def test_pretrain_sft_reward_chain(sft_run, tmp_path):
         capture_output=True,
         text=True,
         timeout=HANG_GUARD_S,
-        env=dict(os.environ, XLA_FLAGS=""),
+        env=xla_env(devices=1),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     scored = [json.loads(line) for line in out.stdout.splitlines()]
@@ -225,7 +225,7 @@ def test_pretrain_sft_reward_chain(sft_run, tmp_path):
         capture_output=True,
         text=True,
         timeout=HANG_GUARD_S,
-        env=dict(os.environ, XLA_FLAGS=""),
+        env=xla_env(devices=1),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     samples = [json.loads(line) for line in out.stdout.splitlines()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from typing import NamedTuple
@@ -36,6 +37,17 @@ TINY_MODEL = dict(
     vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64,
     max_seq_len=32,
 )  # fmt: skip
+
+
+def xla_env(devices: int = 8, **extra) -> dict:
+    """This process's environment for a child JAX process on `devices` simulated CPU devices,
+    keeping the test session's other XLA flags (tests/conftest.py)."""
+    flags = re.sub(
+        r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
+    )
+    if devices > 1:
+        flags += f" --xla_force_host_platform_device_count={devices}"
+    return dict(os.environ, XLA_FLAGS=" ".join(flags.split()), **extra)
 
 
 def set_keys(config, overrides: dict):
