@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import sys
 from typing import Any
 
@@ -46,8 +47,12 @@ def failure_reason(error: BaseException) -> str:
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
     text = " ".join(str(error).split()) or type(error).__name__
-    # The head says what failed, the tail why (an OS error such as "No space left on device").
-    return text if len(text) <= 320 else f"{text[:150]} ... {text[-160:]}"
+    if len(text) <= 320:
+        return text
+    # The head says what failed; the OS error says why ("No space left on device"), wherever
+    # tensorstore put it in its message; otherwise the tail.
+    os_error = re.search(r"[^:\"]{0,80}\[os_error_code=[^\]]*\]", text)
+    return f"{text[:150]} ... {(os_error.group(0) if os_error else text[-160:]).strip()}"
 
 
 @contextlib.contextmanager
@@ -255,7 +260,8 @@ def stored_tree(state_dir) -> Any:
     # The item's own handler reads its metadata; a Checkpointer would look for the step-level
     # metadata file inside the item's folder and warn on every stage handoff.
     try:
-        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
+        with _quiet_unraisable():
+            meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
     except Exception as e:
         raise DamagedCheckpoint(str(state_dir), "metadata", failure_reason(e)) from e
     return getattr(meta, "tree", meta)
