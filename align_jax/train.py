@@ -11,7 +11,6 @@ from its latest checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 
@@ -103,17 +102,5 @@ def _drop_closed_loop_callbacks(hook):
     return filtered
 
 
-def _quiet_exit() -> None:
-    """After the one-line report of a stopped run, nothing more reaches stderr: a failed
-    checkpoint write leaves the checkpoint library's background threads finishing callbacks
-    into its closed event loop at interpreter exit, each printing a traceback."""
-    sys.unraisablehook = lambda _: None
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stderr.fileno())
-
-
 if __name__ == "__main__":
-    status = main()
-    if status:
-        _quiet_exit()
-    sys.exit(status)
+    sys.exit(main())

@@ -58,15 +58,24 @@ def train_dataset(
     `process_index` / `process_count` default to jax's.
     """
     check_config(data_cfg)
-    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
-    ds = grain.MapDataset.source(source)
-    if data_cfg.shuffle:
-        ds = ds.shuffle(seed=int(seed) % 2**32)
-    ds = ds.repeat(data_cfg.num_epochs or None)[process_index::process_count]
+    ds, local_batch = shuffled_share(source, data_cfg, seed, process_index, process_count)
     ds = _batches(
         ds, data_cfg, tokenizer, source, local_batch, local_batch, drop_last=True, **encoding
     )
     return prefetch(ds, data_cfg)
+
+
+def shuffled_share(
+    source, data_cfg, seed: int, process_index=None, process_count=None
+) -> tuple[grain.MapDataset, int]:
+    """(`source` shuffled per epoch from `seed`, repeated `num_epochs` times or forever, and
+    this process's share of it, the per-process batch size): what every train split does
+    before its batch kind encodes and batches it."""
+    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
+    ds = grain.MapDataset.source(source)
+    if data_cfg.shuffle:
+        ds = ds.shuffle(seed=int(seed) % 2**32)
+    return ds.repeat(data_cfg.num_epochs or None)[process_index::process_count], local_batch
 
 
 def eval_dataset(

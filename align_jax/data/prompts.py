@@ -61,6 +61,7 @@ from align_jax.data.pipeline import (
     local_shard,
     prefetch,
     read_options,
+    shuffled_share,
     split_records,
 )
 from align_jax.data.records import check_messages, encode_pieces, prompt_pieces
@@ -188,11 +189,7 @@ def train_dataset(
     `num_epochs` of them); `process_index` / `process_count` default to jax's."""
     check_config(data_cfg)
     max_prompt_len(data_cfg)
-    process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
-    ds = grain.MapDataset.source(source)
-    if data_cfg.shuffle:
-        ds = ds.shuffle(seed=int(seed) % 2**32)
-    ds = ds.repeat(data_cfg.num_epochs or None)[process_index::process_count]
+    ds, local_batch = shuffled_share(source, data_cfg, seed, process_index, process_count)
     # Batched by index, so the iterator's checkpoint state is a batch count.
     ds = ds.map(_Encode(tokenizer, data_cfg)).batch(local_batch, drop_remainder=True, batch_fn=list)
     return prefetch(ds.to_iter_dataset(read_options(data_cfg)), data_cfg)

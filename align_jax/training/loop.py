@@ -225,7 +225,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             models.train_flops_per_token(config.model, config.data.seq_len),
             peak * jax.device_count() if peak else None,
         )
-        last_saved = stop.last_saved = start or None
+        stop.last_saved = start or None  # also what a second Ctrl-C's message names
         last_logged: dict = {}
         pending = None  # (step, metrics) not yet checked for a finite loss
         batch = first
@@ -237,13 +237,13 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                 state, step_metrics = train_step(state, global_batch, rng, frozen)
                 throughput.add(objective.tokens_per_batch(batch) * jax.process_count())
                 if pending is not None:
-                    _check_finite(*pending, last_saved)
+                    _check_finite(*pending, stop.last_saved)
                 step += 1
                 pending = (step, step_metrics)
                 writer.advance(step)
 
                 if step == 1 or step % config.log_every == 0 or step == config.total_steps:
-                    _check_finite(*pending, last_saved)
+                    _check_finite(*pending, stop.last_saved)
                     last_logged = {k: float(v) for k, v in step_metrics.items()}
                     writer.write(step, {**last_logged, **throughput.read()})
                 if config.eval_every and (
@@ -268,9 +268,9 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                 )
                 should_save = step % config.checkpoint_every == 0 or step == config.total_steps
                 if should_save or preempted:
-                    _check_finite(*pending, last_saved)
+                    _check_finite(*pending, stop.last_saved)
                     checkpointer.save(step, state, train_iter, config_dict)
-                    last_saved = stop.last_saved = step
+                    stop.last_saved = step
                 if preempted:
                     checkpointer.close()  # the save is complete before we say so
                     raise _interrupted(stop.signum or signal.SIGTERM, step, checkpointer)
