@@ -138,6 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 100
     c.eval_steps = 0  # 0: the whole eval split
+    c.eval_at_start = False  # also evaluate before the first step of a fresh run (step 0)
     c.checkpoint_every = 200
     c.keep_checkpoints = 3
     c.async_checkpointing = True
@@ -187,6 +188,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Listwise data: K responses per prompt; shorter lists are padded and masked, longer ones
     # keep their best K by rank / score (counted).
     c.data.list_size = 4
+    # Online RL prompts: tokens per prompt (bos included); longer ones keep their last tokens.
+    c.data.max_prompt_len = 64
     c.data.read_threads = 0  # threads reading + tokenizing documents; 0: inline
     c.data.prefetch_batches = 2  # batches built ahead in a background thread; 0: off
     return c

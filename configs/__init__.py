@@ -18,6 +18,19 @@ The convention every file keeps:
   `from configs.dpo.tiny import get_config as dpo_tiny`, then `c = dpo_tiny(arg)`.
 """
 
+import os
+import sys
+
+# The online-RL configs name the tiny task's gold reward by its dotted path
+# `tiny_corpus.answer_reward` (experiments/tiny_corpus.py), and experiments/ is a folder of
+# scripts, not a package. align_jax/cli.py imports every config as `configs.<stage>.<name>`,
+# so this runs first; the reward worker processes inherit this sys.path.
+_EXPERIMENTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
+)
+if _EXPERIMENTS not in sys.path:
+    sys.path.append(_EXPERIMENTS)
+
 TINY_DATA = "data/tiny"  # what `make demo` writes
 
 

@@ -3,7 +3,7 @@
     python experiments/tiny_corpus.py --out data/tiny --n_train 4000 --n_eval 200
 
 writes `data/tiny/train.jsonl` and `data/tiny/eval.jsonl`, one `{"text": ...}` document a
-line. A document is 1-5 sentences from a small template grammar:
+line. Most documents are 1-5 sentences from a small template grammar:
 
     the small cat chases the red ball.          verb picks its object class
     mia has three green apples.                 number words agree with the plural
@@ -11,16 +11,34 @@ line. A document is 1-5 sentences from a small template grammar:
     tom counts four, five, six.                 counting runs
     the old dog is happy.                       copula + adjective
 
-The vocabulary is about 80 words (plurals included), and most tokens are predictable from
-a few before them (a verb fixes its object class, "is" after an arithmetic question fixes
-the answer, a counting run fixes the next number), so a tiny model's pretraining loss
-falls far below its start within a couple of hundred steps. Later stages build their tasks
-from the same pieces: `random_arithmetic` + `arithmetic_question` give SFT prompts and
-verifiable answers (GRPO rewards), a wrong `answer` gives the rejected side of a
-preference pair, and `parse_arithmetic` checks any text's arithmetic claims.
+About one document in eight (`DIALOGUE_FRACTION`) is instead a one-turn dialogue, half of
+them in DeepSeek-R1-Zero's format (arXiv 2501.12948) and half without its tags (each is one
+line in the file):
 
-Standard library only, and deterministic per seed (string seeds hash with SHA-512 in
-`random.Random`, so PYTHONHASHSEED does not matter).
+    user: what is two plus three? assistant: <think> two plus three is five. </think>
+        <answer> five </answer>
+    user: what is two plus three? assistant: two plus three is five.
+
+so a model fresh from pretraining sometimes answers `dialogue_prompt` in that format, and RL
+straight from pretraining (R1-Zero style) has something to reinforce. Dialogues draw from
+their own random stream and replace a document in place, so every other document is the one
+a corpus without dialogues holds at that position.
+
+The vocabulary is about 85 words (plurals and the dialogues' markers included), and most
+tokens are predictable from a few before them (a verb fixes its object class, "is" after an
+arithmetic question fixes the answer, a counting run fixes the next number), so a tiny
+model's pretraining loss falls far below its start within a couple of hundred steps.
+Later stages build their tasks from the same pieces: `random_arithmetic` +
+`arithmetic_question` give SFT prompts and verifiable answers, a wrong `answer` gives the
+rejected side of a preference pair, `parse_arithmetic` checks any text's arithmetic claims,
+and `answer_reward` is the gold reward of online RL on these questions (named in configs by
+its dotted path `tiny_corpus.answer_reward`; configs/__init__.py puts experiments/ on
+sys.path).
+
+Deterministic per seed (string seeds hash with SHA-512 in `random.Random`, so
+PYTHONHASHSEED does not matter). The generator needs the standard library only; the module
+imports align_jax for `completion_text`, so `answer_reward` reads a completion exactly as
+align_jax's own reward functions do.
 """
 
 from __future__ import annotations
@@ -29,7 +47,11 @@ import argparse
 import json
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from align_jax.rollout.rewards import completion_text
 
 NUMBER_WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen "
@@ -105,6 +127,51 @@ def parse_arithmetic(text: str) -> list[tuple[int, str, int, int, bool]]:
     return claims
 
 
+# ----------------------------------------------------------------------------- gold reward
+
+_NUMBER_WORD_RE = re.compile(rf"\b(?:{_NUMBER_RE})\b")
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def final_answer(text: str) -> str | None:
+    """The final answer in `text`: the content of its last `<answer>...</answer>`, stripped of
+    surrounding whitespace and one final period, if it has one; else its last number word
+    (whole words only: "seventeen" is not "seven"); None if there is neither."""
+    tags = _ANSWER_TAG_RE.findall(text)
+    if tags:
+        content = tags[-1].strip()
+        return content.removesuffix(".").strip()
+    words = _NUMBER_WORD_RE.findall(text)
+    return words[-1] if words else None
+
+
+def answer_reward(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    answer: Sequence[Any] | None = None,
+    **fields: Any,
+) -> list[float | None]:
+    """The gold reward of the arithmetic questions, a reward function as
+    align_jax/rollout/rewards.py defines them: 1.0 when a completion's `final_answer` is the
+    sample's `answer` (a number word, "five"), else 0.0; None where the answer is None (or no
+    `answer` field is given). A completion may be text or a list of messages (the last one's
+    content counts). An answer that is not a number word zero..twenty is a ValueError: the
+    data is wrong, and the training run stops on it naming the prompt."""
+    if answer is None:
+        return [None] * len(completions)
+    if len(answer) != len(completions):
+        raise ValueError(f"{len(answer)} answers for {len(completions)} completions")
+    rewards: list[float | None] = []
+    for completion, want in zip(completions, answer, strict=True):
+        if want is None:
+            rewards.append(None)
+            continue
+        if want not in WORD_TO_NUMBER:
+            raise ValueError(f"answer {want!r} is not a number word (zero..twenty)")
+        rewards.append(1.0 if final_answer(completion_text(completion)) == want else 0.0)
+    return rewards
+
+
 # ----------------------------------------------------------------------------- sentences
 
 
@@ -155,13 +222,50 @@ def random_document(rng: random.Random) -> str:
     return " ".join(random_sentence(rng) for _ in range(rng.randint(1, 5)))
 
 
+# ----------------------------------------------------------------------------- dialogues
+
+DIALOGUE_FRACTION = 0.125  # of documents; half of them in the R1-Zero format
+
+
+def dialogue_prompt(a: int, op: str, b: int) -> str:
+    """'user: what is two plus three? assistant:': R1-Zero's template in miniature."""
+    return f"user: {arithmetic_question(a, op, b)} assistant:"
+
+
+def r1_reply(a: int, op: str, b: int, answer: int) -> str:
+    """'<think> two plus three is five. </think> <answer> five </answer>'."""
+    sentence = arithmetic_sentence(a, op, b, answer)
+    return f"<think> {sentence} </think> <answer> {number_word(answer)} </answer>"
+
+
+def dialogue_document(rng: random.Random) -> str:
+    """`dialogue_prompt` then, after a space, `r1_reply` or (half the time) the bare
+    `arithmetic_sentence`; always correct."""
+    a, op, b, answer = random_arithmetic(rng)
+    if rng.random() < 0.5:
+        reply = r1_reply(a, op, b, answer)
+    else:
+        reply = arithmetic_sentence(a, op, b, answer)
+    return f"{dialogue_prompt(a, op, b)} {reply}"
+
+
 # ----------------------------------------------------------------------------- files
 
 
 def generate(n: int, *, seed: int, split: str) -> list[str]:
     """`n` documents; the split name is part of the seed, so train and eval differ."""
     rng = random.Random(f"tiny_corpus:{seed}:{split}")
-    return [random_document(rng) for _ in range(n)]
+    # Dialogues have their own stream, and every position still draws its plain document
+    # (dropped where a dialogue takes its place), so the other documents stay where and
+    # what they were before dialogues existed.
+    dialogue_rng = random.Random(f"tiny_corpus:{seed}:{split}:dialogue")
+    documents = []
+    for _ in range(n):
+        document = random_document(rng)
+        if dialogue_rng.random() < DIALOGUE_FRACTION:
+            document = dialogue_document(dialogue_rng)
+        documents.append(document)
+    return documents
 
 
 def write_corpus(

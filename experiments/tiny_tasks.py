@@ -11,6 +11,17 @@
   answer (0.5), its words shuffled (0.0), and sometimes the wrong one shuffled (-0.5).
 - Unpaired (`unpaired_train.jsonl`, `unpaired_eval.jsonl`): prompt = a question, completion
   = the correct sentence (`label` true, half the records) or a shuffled or wrong-answer one.
+- RL prompts (`rl_train.jsonl`, `rl_eval.jsonl`): prompt = a question phrased as the SFT
+  `prompt` records phrase it ("what is two plus three? "), `answer` = the correct number word
+  ("five"), which `tiny_corpus.answer_reward` checks (an SFT model answers "two plus three is
+  five.").
+- R1-Zero prompts (`r1_train.jsonl`, `r1_eval.jsonl`): prompt = the pretraining dialogues'
+  prefix ("user: what is two plus three? assistant:", `tiny_corpus.dialogue_prompt`),
+  `answer` as above: RL straight from the pretrained model, in the `<think>`/`<answer>`
+  format some of the corpus's dialogues show.
+
+Every kind and split has its own seed (`tiny_tasks:<seed>:<kind>:<split>`), so train and
+eval differ and each file is the same for the same seed.
 
     python experiments/tiny_tasks.py --out data/tiny
 """
@@ -22,7 +33,14 @@ import json
 import os
 import random
 
-from tiny_corpus import MAX_NUMBER, arithmetic_question, arithmetic_sentence, random_arithmetic
+from tiny_corpus import (
+    MAX_NUMBER,
+    arithmetic_question,
+    arithmetic_sentence,
+    dialogue_prompt,
+    number_word,
+    random_arithmetic,
+)
 
 
 def sft_record(rng: random.Random) -> dict:
@@ -93,6 +111,16 @@ def unpaired_record(rng: random.Random) -> dict:
     return {"prompt": arithmetic_question(a, op, b) + " ", "completion": completion, "label": good}
 
 
+def rl_record(rng: random.Random) -> dict:
+    a, op, b, answer = random_arithmetic(rng)
+    return {"prompt": arithmetic_question(a, op, b) + " ", "answer": number_word(answer)}
+
+
+def r1_record(rng: random.Random) -> dict:
+    a, op, b, answer = random_arithmetic(rng)
+    return {"prompt": dialogue_prompt(a, op, b), "answer": number_word(answer)}
+
+
 def write_tasks(out_dir, *, n_train: int = 2000, n_eval: int = 200, seed: int = 0) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
@@ -101,6 +129,8 @@ def write_tasks(out_dir, *, n_train: int = 2000, n_eval: int = 200, seed: int = 
         ("pairs", pair_record),
         ("lists", list_record),
         ("unpaired", unpaired_record),
+        ("rl", rl_record),
+        ("r1", r1_record),
     )
     for kind, make in kinds:
         for split, n in (("train", n_train), ("eval", n_eval)):

@@ -15,7 +15,8 @@ A list longer than K keeps its best K (counted as `lists_cut`). Over-long rows a
 at the end or the whole list is dropped (`config.data.overlong`), counted. Lists are not
 packed: a list's K rows go through the model in one concatenated batch. The reference
 model of a listwise objective runs in the train step (no precomputed reference log-probs).
-The loop's interface is as in align_jax/data/pairs.py, without `ref_table`.
+The loop's interface is as in align_jax/data/pairs.py, without `ref_table`;
+`batch_shapes(data_cfg, scored=...)` gives the batch fields, shapes and dtypes.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from __future__ import annotations
 import functools
 
 import grain
+import jax
 import numpy as np
 
 from align_jax.data.pipeline import (
     Examples,
     eval_iterator,
+    local_batch_shapes,
     pad_row,
+    row_specs,
     split_records,
     train_iterator,
 )
@@ -69,6 +73,20 @@ class _Encode(grain.transforms.Map):
         if self._scored:
             out["scores"] = np.pad(np.asarray(record["scores"], np.float32), (0, k - n))
         return out
+
+
+def batch_shapes(
+    data_cfg, process_count: int | None = None, *, scored: bool
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """This process's batches of a split (`process_count` defaults to jax's). `scored`: the
+    split's `load_source(...).scored`, whether its batches carry `scores`; the data decides
+    that, not the config, so the train and eval splits may differ in it."""
+    k = data_cfg.list_size
+    fields = {**row_specs(k, data_cfg.seq_len), "list_mask": ((k,), np.float32)}
+    fields.update(ranks=((k,), np.int32), valid=((), np.float32), index=((), np.int32))
+    if scored:
+        fields["scores"] = ((k,), np.float32)
+    return local_batch_shapes(data_cfg, process_count, fields)
 
 
 make_train_iterator = functools.partial(train_iterator, encoder=_Encode)

@@ -13,7 +13,7 @@ The loop's interface: `load_source(data_cfg, split, tokenizer)`, and
 `make_train_iterator(data_cfg, tokenizer, *, seed, source, ref_table=None)` /
 `make_eval_iterator(data_cfg, tokenizer, *, source, ref_table=None)`, align_jax/data/
 pipeline.py's pipelines over this encoding (they also take `process_index` /
-`process_count`).
+`process_count`). `batch_shapes(data_cfg)` gives their batch fields, shapes and dtypes.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from __future__ import annotations
 import functools
 
 import grain
+import jax
 import numpy as np
 
 from align_jax.data.pipeline import (
     Examples,
     eval_iterator,
+    local_batch_shapes,
     pad_row,
+    row_specs,
     split_records,
     train_iterator,
 )
@@ -68,6 +71,19 @@ class _Encode(grain.transforms.Map):
         out["valid"] = np.float32(1.0)
         out["index"] = np.int32(record["_index"])
         return out
+
+
+def batch_shapes(
+    data_cfg, process_count: int | None = None, *, with_ref_table: bool = False
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """This process's train and eval batches (`process_count` defaults to jax's), with the
+    reference log-prob fields when the iterators are given a `ref_table`."""
+    row = row_specs(data_cfg.seq_len)
+    fields = {f"{side}_{name}": spec for side in SIDES for name, spec in row.items()}
+    fields.update(margin=((), np.float32), label=((), np.float32), valid=((), np.float32))
+    fields["index"] = ((), np.int32)
+    refs = _Encode.ref_fields if with_ref_table else ()
+    return local_batch_shapes(data_cfg, process_count, fields, refs)
 
 
 make_train_iterator = functools.partial(train_iterator, encoder=_Encode)

@@ -22,6 +22,9 @@ lives here:
 - the config checks, the per-process shard of a global batch, padding and slicing of a
   global batch into a process's rows, row padding to a fixed width, the language-model
   fields of a packed row, thread prefetch, and assembling the global `jax.Array`s.
+- `local_batch_shapes`: a process's batch shapes from the config alone, so the loop can
+  shard and compile before it draws a batch; each kind's `batch_shapes` names its fields
+  (the row fields' dtypes are defined once here, next to the code that builds the rows).
 
 Read-ahead uses threads only (`config.data.read_threads`, `prefetch_batches`); grain's
 prefetch iterators record the state of each element they hand out, so checkpoints stay
@@ -47,6 +50,21 @@ from align_jax.data.sources import DataError, RecordKind, RecordSource, expand_f
 Encoder = Callable[[Any, Any, Any], grain.transforms.Map]
 # (a process's encoded examples, config.data, rows per batch) -> rows.
 Pack = Callable[[grain.IterDataset, Any, int], grain.IterDataset]
+# A batch field as one row has it: (shape without the batch dimension, dtype).
+FieldSpec = tuple[tuple[int, ...], Any]
+
+# The fields of a padded example (`pad_row`), each [length].
+ROW_DTYPES = {"tokens": np.int32, "mask": np.float32, "segment_ids": np.int32}
+# The model's fields of a packed row (`lm_fields`), each [seq_len].
+LM_DTYPES = {
+    "inputs": np.int32,
+    "targets": np.int32,
+    "segment_ids": np.int32,
+    "positions": np.int32,
+    "loss_mask": np.float32,
+}
+# The dtype of the per-row fields a `ref_table`'s columns become.
+REF_DTYPE = np.float32
 
 
 def train_dataset(
@@ -165,6 +183,34 @@ def local_shard(data_cfg, process_index, process_count) -> tuple[int, int, int]:
     return process_index, process_count, data_cfg.batch_size // process_count
 
 
+def local_batch_shapes(
+    data_cfg,
+    process_count: int | None,
+    fields: Mapping[str, FieldSpec],
+    ref_fields: tuple[str, ...] = (),
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes of the batches this process's iterators yield, train and eval alike:
+    `fields` (name -> one row's (shape, dtype)) and the `ref_fields` a `ref_table` adds,
+    each under `batch_size // process_count` rows (`process_count` defaults to jax's)."""
+    check_config(data_cfg)
+    rows = local_shard(data_cfg, 0, process_count)[2]  # the same for every process index
+    fields = {**fields, **{name: ((), REF_DTYPE) for name in ref_fields}}
+    return {
+        name: jax.ShapeDtypeStruct((rows, *shape), np.dtype(dtype))
+        for name, (shape, dtype) in fields.items()
+    }
+
+
+def row_specs(*shape: int) -> dict[str, FieldSpec]:
+    """`pad_row`'s fields, each [*shape] (a stack of rows for several rows per example)."""
+    return {name: (shape, dtype) for name, dtype in ROW_DTYPES.items()}
+
+
+def lm_specs(seq_len: int) -> dict[str, FieldSpec]:
+    """`lm_fields`'s fields, each [seq_len]."""
+    return {name: ((seq_len,), dtype) for name, dtype in LM_DTYPES.items()}
+
+
 def split_records(data_cfg, split: str, kind: RecordKind) -> RecordSource:
     """The validated records of `config.data.<split>_files` (split: "train" or "eval")."""
     key = f"{split}_files"
@@ -225,11 +271,7 @@ def pad_row(tokens: np.ndarray, mask: np.ndarray, length: int) -> dict[str, np.n
     """One example as a row of `length`: `tokens` (int32) and `mask` (float32) cut at the end
     or right-padded with zeros, and `segment_ids` (int32) 1 on its tokens, 0 on padding."""
     n = min(len(tokens), length)
-    row = {
-        "tokens": np.zeros(length, np.int32),
-        "mask": np.zeros(length, np.float32),
-        "segment_ids": np.zeros(length, np.int32),
-    }
+    row = {name: np.zeros(length, dtype) for name, dtype in ROW_DTYPES.items()}
     row["tokens"][:n], row["mask"][:n], row["segment_ids"][:n] = tokens[:n], mask[:n], 1
     return row
 
@@ -244,13 +286,14 @@ def lm_fields(row: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     loss = (seg[:-1] == seg[1:]) & (seg[1:] > 0)
     if "mask" in row:
         loss &= row["mask"][1:] > 0
-    return {
-        "inputs": tokens[:-1].astype(np.int32),
-        "targets": tokens[1:].astype(np.int32),
-        "segment_ids": seg[:-1].astype(np.int32),
-        "positions": pos[:-1].astype(np.int32),
-        "loss_mask": loss.astype(np.float32),
+    fields = {
+        "inputs": tokens[:-1],
+        "targets": tokens[1:],
+        "segment_ids": seg[:-1],
+        "positions": pos[:-1],
+        "loss_mask": loss,
     }
+    return {name: fields[name].astype(dtype) for name, dtype in LM_DTYPES.items()}
 
 
 class _Reference(grain.transforms.Map):
@@ -262,7 +305,7 @@ class _Reference(grain.transforms.Map):
 
     def map(self, example: dict) -> dict:
         row = self._table[example["index"]]
-        return {**example, **{name: np.float32(row[j]) for j, name in enumerate(self._fields)}}
+        return {**example, **{name: REF_DTYPE(row[j]) for j, name in enumerate(self._fields)}}
 
 
 class PadAndSlice(grain.transforms.Map):

@@ -40,6 +40,8 @@ process packs the *whole* eval set (identical row stream everywhere), batches it
 and keeps its own slice of rows; the last global batch is padded with rows whose
 segment_ids and loss_mask are 0. The price of every process yielding the same number of
 batches is that each process tokenizes all of the (small) eval set.
+
+`batch_shapes(data_cfg)`: both pipelines' batch fields, shapes and dtypes, from the config.
 """
 
 from __future__ import annotations
@@ -47,15 +49,23 @@ from __future__ import annotations
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 from grain.experimental import ConcatThenSplitIterDataset
 
-from align_jax.data.pipeline import eval_dataset, lm_fields, train_dataset
+from align_jax.data.pipeline import (
+    LM_DTYPES,
+    eval_dataset,
+    lm_fields,
+    lm_specs,
+    local_batch_shapes,
+    train_dataset,
+)
 from align_jax.data.records import special_ids
 from align_jax.data.sources import DocumentSource, expand_files
 from align_jax.data.tokenizer import Tokenizer
 
-FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+FIELDS = tuple(LM_DTYPES)
 
 
 def load_source(
@@ -108,6 +118,12 @@ def make_train_iterator(data_cfg, tokenizer: Tokenizer, **kwargs) -> grain.Datas
 def make_eval_iterator(data_cfg, tokenizer: Tokenizer, **kwargs) -> grain.DatasetIterator:
     """A fresh pass of `make_eval_dataset` (re-indexes the files unless `source` is given)."""
     return iter(make_eval_dataset(data_cfg, tokenizer, **kwargs))
+
+
+def batch_shapes(data_cfg, process_count: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """This process's train and eval batches: every field [batch_size // process_count,
+    seq_len] (`process_count` defaults to jax's)."""
+    return local_batch_shapes(data_cfg, process_count, lm_specs(data_cfg.seq_len))
 
 
 class _Tokenize(grain.transforms.Map):

@@ -12,7 +12,8 @@ examples into rows of L+1 tokens, never splitting one; else one example per row)
 Packing isolation is the model's job: each example is its own segment, and the attention
 mask never lets one segment see another; positions restart at 0 per example.
 
-The loop's interface is as in align_jax/data/pairs.py, without `ref_table`.
+The loop's interface is as in align_jax/data/pairs.py, without `ref_table`;
+`batch_shapes(data_cfg)` gives both pipelines' batch fields, shapes and dtypes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import functools
 
 import grain
+import jax
 import numpy as np
 from grain.experimental import FirstFitPackIterDataset
 
@@ -27,6 +29,8 @@ from align_jax.data.pipeline import (
     Examples,
     eval_iterator,
     lm_fields,
+    lm_specs,
+    local_batch_shapes,
     pad_row,
     split_records,
     train_iterator,
@@ -41,6 +45,12 @@ def load_source(data_cfg, split: str, tokenizer) -> Examples:
         data_cfg.seq_len + 1,
         data_cfg.overlong,
     )
+
+
+def batch_shapes(data_cfg, process_count: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """This process's train and eval batches, packed or not: every field
+    [batch_size // process_count, seq_len] (`process_count` defaults to jax's)."""
+    return local_batch_shapes(data_cfg, process_count, lm_specs(data_cfg.seq_len))
 
 
 class _Encode(grain.transforms.Map):

@@ -23,6 +23,7 @@ from align_jax.config import base_config
 # Imported for their registrations.
 from align_jax.objectives import (  # noqa: F401
     dpo,
+    grpo,
     kto,
     listwise,
     pretrain,
@@ -51,9 +52,13 @@ def defaults(name: str) -> ml_collections.ConfigDict:
 
 def config_for(name: str) -> ml_collections.ConfigDict:
     """The run config of objective `name`: `base_config()` with `defaults(name)` as
-    `config.objective`, unlocked (the command line locks it)."""
+    `config.objective` and the objective's other sections (online RL's `rollout`,
+    `rewards`), unlocked (the command line locks it)."""
     c = base_config()
     c.objective = defaults(name)
+    sections = _registration(name).sections
+    for key, value in (sections() if sections else {}).items():
+        c[key] = value
     return c
 
 

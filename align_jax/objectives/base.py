@@ -24,6 +24,7 @@ BATCH_TOKENS: dict[str, Callable[[dict], int]] = {
     "pairs": lambda batch: batch["chosen_tokens"].size + batch["rejected_tokens"].size,
     "lists": lambda batch: batch["tokens"].size,
     "unpaired": lambda batch: batch["tokens"].size,
+    "rollouts": lambda batch: batch["tokens"].size,
 }
 
 
@@ -34,10 +35,26 @@ class Objective:
     batch_kind: str  # which data pipeline feeds it: a key of BATCH_TOKENS
     # Its loss is a per-token negative log-likelihood, so eval reports exp(loss).
     reports_perplexity: bool = False
-    # A frozen reference model (DPO, PPO, GRPO with beta > 0) comes in as `frozen`.
-    needs_reference: bool = False
+    # The frozen models the loss reads, by name, from the step's `frozen` dict: "reference"
+    # (DPO family, GRPO with beta > 0). Nothing else is loaded.
+    frozen_models: tuple[str, ...] = ()
     # (ref_params, batch) -> per-example reference log-probs, for precomputing them once.
     reference_logps_fn: Callable | None = None
+    # Online objectives (batch_kind "rollouts"): `prepare_fn(params, frozen, batch) ->
+    # (batch, metrics)` runs once per rollout batch without gradient (old and reference
+    # log-probs, advantages); then `updates_per_step` optimizer updates, over
+    # `num_minibatches` minibatches per pass (align_jax/training/rl_step.py).
+    prepare_fn: Callable | None = None
+    updates_per_step: int = 1
+    num_minibatches: int = 1
+
+    @property
+    def needs_reference(self) -> bool:
+        return "reference" in self.frozen_models
+
+    @property
+    def online(self) -> bool:
+        return self.prepare_fn is not None
 
     def tokens_per_batch(self, batch: dict) -> int:
         return int(BATCH_TOKENS[self.batch_kind](batch))
@@ -49,6 +66,9 @@ class Registration:
     # Valid `config.objective.loss_type` values; None leaves the check to the builder.
     loss_types: tuple[str, ...] | None
     defaults: Callable[[], ml_collections.ConfigDict]
+    # Top-level config sections the objective reads besides `objective` (online RL's
+    # `rollout` and `rewards`): name -> defaults.
+    sections: Callable[[], dict[str, ml_collections.ConfigDict]] | None = None
 
 
 REGISTRY: dict[str, Registration] = {}
@@ -59,15 +79,17 @@ def register(
     *,
     loss_types: tuple[str, ...] | None,
     defaults: Callable[[], ml_collections.ConfigDict],
+    sections: Callable[[], dict[str, ml_collections.ConfigDict]] | None = None,
 ):
     """Registers `builder(config, graphdef) -> Objective` under `name`.
 
     `loss_types` lists the valid `config.objective.loss_type` values (None: the builder
     checks them; DPO accepts comma-joined combinations); `defaults()` returns the
-    objective's `config.objective` keys with their default values."""
+    objective's `config.objective` keys with their default values; `sections()` any other
+    top-level config sections it reads, with theirs."""
 
     def wrap(builder):
-        REGISTRY[name] = Registration(builder, loss_types, defaults)
+        REGISTRY[name] = Registration(builder, loss_types, defaults, sections)
         return builder
 
     return wrap

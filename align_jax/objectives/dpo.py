@@ -108,7 +108,7 @@ def build(config, graphdef) -> Objective:
             ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         else:
             ref_token_logps, _, ref_logits = jax.lax.stop_gradient(
-                sequence_logprobs(graphdef, frozen, *rows)
+                sequence_logprobs(graphdef, frozen["reference"], *rows)
             )
             ref_chosen, ref_rejected = sums(ref_token_logps, mask, n)
             kl_ref = kl_ref_metric(logits, ref_logits, mask, jnp.concatenate([valid, valid]))
@@ -141,6 +141,6 @@ def build(config, graphdef) -> Objective:
         return sums(token_logps, mask, batch["chosen_tokens"].shape[0])
 
     return Objective(
-        "dpo", loss_fn, batch_kind="pairs", needs_reference=True,
+        "dpo", loss_fn, batch_kind="pairs", frozen_models=("reference",),
         reference_logps_fn=reference_logps_fn,
     )  # fmt: skip

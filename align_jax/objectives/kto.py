@@ -125,7 +125,7 @@ def build(config, graphdef) -> Objective:
                 kl_rows = (kl_tokens, kl_segments, kl_mask)
                 rows = [jnp.concatenate([a, b]) for a, b in zip(rows, kl_rows, strict=True)]
             ref_token_logps, _, ref_logits = jax.lax.stop_gradient(
-                sequence_logprobs(graphdef, frozen, *rows)
+                sequence_logprobs(graphdef, frozen["reference"], *rows)
             )
             ref_all = jnp.sum(ref_token_logps, axis=-1)
             ref_logps = ref_all[:n]
@@ -164,6 +164,6 @@ def build(config, graphdef) -> Objective:
         return logps, jnp.zeros_like(logps)
 
     return Objective(
-        "kto", loss_fn, batch_kind="unpaired", needs_reference=True,
+        "kto", loss_fn, batch_kind="unpaired", frozen_models=("reference",),
         reference_logps_fn=reference_logps_fn,
     )  # fmt: skip

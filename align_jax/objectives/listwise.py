@@ -59,7 +59,7 @@ def build(config, graphdef) -> Objective:
         rows = [batch[f].reshape(b * k, length) for f in ("tokens", "segment_ids", "mask")]
         token_logps, mask, logits = sequence_logprobs(graphdef, params, *rows)
         ref_token_logps, _, ref_logits = jax.lax.stop_gradient(
-            sequence_logprobs(graphdef, frozen, *rows)
+            sequence_logprobs(graphdef, frozen["reference"], *rows)
         )
         logps = jnp.sum(token_logps, axis=-1).reshape(b, k)
         ref_logps = jnp.sum(ref_token_logps, axis=-1).reshape(b, k)
@@ -104,4 +104,4 @@ def build(config, graphdef) -> Objective:
         metrics["kl_ref"] = kl_ref_metric(logits, ref_logits, mask, row_valid)
         return jnp.sum(losses * valid), (count, metrics)
 
-    return Objective("listwise", loss_fn, batch_kind="lists", needs_reference=True)
+    return Objective("listwise", loss_fn, batch_kind="lists", frozen_models=("reference",))

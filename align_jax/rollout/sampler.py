@@ -66,13 +66,19 @@ class SamplingParams:
     n: int = 1  # samples per prompt (a GRPO group), adjacent in the output
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 8):
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 8, length: int | None = None
+):
     """Token lists -> (tokens [B, P], valid [B, P]), left-padded to a multiple of `multiple`
-    (fewer distinct shapes, fewer compiles)."""
+    (fewer distinct shapes, fewer compiles), or to exactly `length` (one shape for every
+    batch, as online RL wants: one compile)."""
     longest = max(len(p) for p in prompts)
     if longest == 0:
         raise ValueError("every prompt is empty; a prompt needs at least one token (e.g. bos)")
-    length = -(-longest // multiple) * multiple
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    elif longest > length:
+        raise ValueError(f"a prompt has {longest} tokens, more than the padded length {length}")
     tokens = np.full((len(prompts), length), pad_id, np.int32)
     valid = np.zeros((len(prompts), length), np.int32)
     for i, p in enumerate(prompts):
@@ -325,10 +331,20 @@ class Sampler:
             self._compiled[sp] = jax.jit(fn)
         return self._compiled[sp]
 
-    def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, *, seed: int):
+    def generate(
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        sp: SamplingParams,
+        *,
+        seed: int,
+        prompt_len: int | None = None,
+    ):
+        """`prompt_len` pads every batch's prompts to that many slots (one compile for all
+        batches); None pads to the longest prompt, rounded up to a multiple of 8."""
         if sp.temperature < 0 or not 0 < sp.top_p <= 1 or sp.top_k < 0 or sp.n < 1:
             raise ValueError(f"sampling params out of range: {sp}")
-        tokens, valid = left_pad(prompts, self.pad_id)
+        tokens, valid = left_pad(prompts, self.pad_id, length=prompt_len)
         index = np.repeat(np.arange(len(prompts)), sp.n)
         tokens, valid = tokens[index], valid[index]
         batch_sharding = parallel.named_sharding(

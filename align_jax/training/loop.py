@@ -27,11 +27,6 @@ import numpy as np
 
 from align_jax import checkpoint as ckpt
 from align_jax import models, objectives, parallel
-from align_jax.data import listwise as listwise_data
-from align_jax.data import pairs as pairs_data
-from align_jax.data import pretrain as pretrain_data
-from align_jax.data import sft as sft_data
-from align_jax.data import unpaired as unpaired_data
 from align_jax.data.pipeline import to_global_batch
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.interop import hf_config
@@ -39,9 +34,11 @@ from align_jax.training import init as init_lib
 from align_jax.training import lora as lora_training
 from align_jax.training import metrics as metrics_lib
 from align_jax.training import reference
+from align_jax.training import sources as sources_lib
 from align_jax.training import step as step_lib
 from align_jax.training.errors import Interrupted, TrainingError
 from align_jax.training.optimizer import make_optimizer
+from align_jax.training.rl_step import RLStep
 
 log = logging.getLogger("align_jax")
 
@@ -122,17 +119,6 @@ class _StopFlag:
             signal.signal(signum, previous)
 
 
-# batch_kind -> the data module that builds those batches (load_source, make_train_iterator,
-# make_eval_iterator; every source has stats()). Later stages add theirs here.
-DATA_PIPELINES = {
-    "tokens": pretrain_data,
-    "sft": sft_data,
-    "pairs": pairs_data,
-    "lists": listwise_data,
-    "unpaired": unpaired_data,
-}
-
-
 def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
     """The loss, the gradient and the updated parameters of `step` must all be finite.
 
@@ -179,19 +165,23 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
             config, param_shapes, param_shardings
         )
         objective = lora_training.wrap_objective(objective, param_shapes)
-    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+    # An online step makes `updates_per_step` optimizer updates: the schedule counts those.
+    tx, schedule = make_optimizer(
+        config.optimizer, config.total_steps * objective.updates_per_step
+    )
     shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh)
 
-    data = DATA_PIPELINES[objective.batch_kind]
-    sources = _load_sources(config, data, tokenizer)
+    data = sources_lib.DATA_PIPELINES[objective.batch_kind]
+    sources = sources_lib.load_sources(config, data, tokenizer)
     frozen, frozen_shardings, ref_tables = _frozen_inputs(
         config, objective, data, tokenizer, mesh, rules, workdir,
         param_shapes, param_shardings, base, sources,
     )  # fmt: skip
     table_kwargs = lambda split: {"ref_table": ref_tables[split]} if ref_tables else {}  # noqa: E731
-    train_iter = data.make_train_iterator(
-        config.data, tokenizer, seed=config.seed, source=sources["train"], **table_kwargs("train")
+    source = sources_lib.make_source(
+        config, objective, data, tokenizer, sources, ref_tables, graphdef, mesh, rules, workdir
     )
+    policy = (lambda p: p) if base is None else (lambda p: lora_training.policy_params(p, frozen))
 
     checkpointer = ckpt.Checkpointer(
         os.path.join(workdir, "checkpoints"),
@@ -202,24 +192,31 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
 
     with parallel.sharding_context(mesh, rules):
         state, start = init_lib.resume_or_init(
-            config, checkpointer, tx, param_shapes, param_shardings, shardings, train_iter,
-            mesh, rules, lora=base is not None,
+            config, checkpointer, tx, param_shapes, param_shardings, shardings,
+            source.checkpoint_item, mesh, rules, lora=base is not None,
         )  # fmt: skip
         _log_model_size(config, state["params"], base)
 
-        first = next(train_iter)
-        batch_sharding = step_lib.batch_shardings(first, mesh, rules)
-        train_step = step_lib.jit_train_step(
-            step_lib.make_train_step(objective, tx, schedule, config.optimizer.grad_accum_steps),
-            shardings,
-            batch_sharding,
-            mesh,
-            frozen_shardings,
-        )
+        batch_sharding = step_lib.batch_shardings(source.shapes, mesh, rules)
+        grad_accum = config.optimizer.grad_accum_steps
+        if objective.online:
+            train_step = RLStep(
+                objective, tx, schedule, grad_accum, shardings, batch_sharding, mesh, rules,
+                frozen_shardings,
+            )  # fmt: skip
+        else:
+            train_step = step_lib.jit_train_step(
+                step_lib.make_train_step(objective, tx, schedule, grad_accum),
+                shardings,
+                batch_sharding,
+                mesh,
+                frozen_shardings,
+            )
         eval_step = jax.jit(step_lib.make_eval_step(objective))
         base_rng = jax.random.key(config.seed)
 
         writer = metrics_lib.MetricsWriter(workdir, config.total_steps, start, config.progress_bar)
+        source.start(start)
         peak = metrics_lib.peak_flops_per_device(config)
         throughput = metrics_lib.Throughput(
             models.train_flops_per_token(config.model, config.data.seq_len),
@@ -228,10 +225,27 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
         stop.last_saved = start or None  # also what a second Ctrl-C's message names
         last_logged: dict = {}
         pending = None  # (step, metrics) not yet checked for a finite loss
-        batch = first
         step = start
+
+        def run_eval(at: int) -> None:
+            if source.evaluate is not None:
+                eval_metrics = source.evaluate(policy(state["params"]))
+            else:
+                eval_metrics = evaluate(
+                    config, objective, eval_step, data, tokenizer, sources["eval"],
+                    state, frozen, table_kwargs("eval"),
+                )  # fmt: skip
+            if eval_metrics:
+                writer.write(at, eval_metrics, prefix="eval_")
+            throughput.reset()
+
         try:
+            if config.eval_at_start and start == 0:
+                run_eval(0)
             while step < config.total_steps:
+                # The live parameters, before the step donates them: an online source
+                # samples the policy it is about to update.
+                batch, host_metrics = source.next(policy(state["params"]), step)
                 global_batch = to_global_batch(batch, batch_sharding)
                 rng = jax.random.fold_in(base_rng, step)
                 state, step_metrics = train_step(state, global_batch, rng, frozen)
@@ -245,40 +259,27 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
                 if step == 1 or step % config.log_every == 0 or step == config.total_steps:
                     _check_finite(*pending, stop.last_saved)
                     last_logged = {k: float(v) for k, v in step_metrics.items()}
+                    last_logged.update(host_metrics)
                     writer.write(step, {**last_logged, **throughput.read()})
                 if config.eval_every and (
                     step % config.eval_every == 0 or step == config.total_steps
                 ):
-                    eval_metrics = evaluate(
-                        config,
-                        objective,
-                        eval_step,
-                        data,
-                        tokenizer,
-                        sources["eval"],
-                        state,
-                        frozen,
-                        table_kwargs("eval"),
-                    )
-                    if eval_metrics:
-                        writer.write(step, eval_metrics, prefix="eval_")
-                    throughput.reset()
+                    run_eval(step)
                 preempted = stop.set or (
                     jax.process_count() > 1 and checkpointer.reached_preemption(step)
                 )
                 should_save = step % config.checkpoint_every == 0 or step == config.total_steps
                 if should_save or preempted:
                     _check_finite(*pending, stop.last_saved)
-                    checkpointer.save(step, state, train_iter, config_dict)
+                    checkpointer.save(step, state, source.checkpoint_item, config_dict)
                     stop.last_saved = step
                 if preempted:
                     checkpointer.close()  # the save is complete before we say so
                     raise _interrupted(stop.signum or signal.SIGTERM, step, checkpointer)
-                if step < config.total_steps:
-                    batch = next(train_iter)
         finally:
             checkpointer.close()
             writer.close()
+            source.close()
     return last_logged
 
 
@@ -310,36 +311,27 @@ def _load_tokenizer(config) -> Tokenizer:
     return tokenizer
 
 
-def _load_sources(config, data, tokenizer) -> dict:
-    """{"train": source, "eval": source or None}, each described in the log."""
-    sources = {"train": data.load_source(config.data, "train", tokenizer), "eval": None}
-    if config.data.eval_files:
-        sources["eval"] = data.load_source(config.data, "eval", tokenizer)
-    for split, source in sources.items():
-        if source is not None:
-            log.info("%s data: %s", split, source.stats())
-    return sources
-
-
 def _frozen_inputs(
     config, objective, data, tokenizer, mesh, rules, workdir, param_shapes, param_shardings,
     base, sources,
 ):  # fmt: skip
     """(the step's `frozen` argument, its shardings, {split: precomputed reference table}):
-    the reference model (objectives that need one) and a LoRA run's base, or None."""
-    frozen, frozen_shardings, ref_tables = None, None, {}
+    the named frozen models the objective declares (`{"reference": ...}`) and a LoRA run's
+    base, or None when there are none."""
+    frozen, frozen_shardings, ref_tables = {}, {}, {}
     if objective.needs_reference:
         ref_shapes, ref_shardings = (
             (param_shapes, param_shardings) if base is None else (base.shapes, base.shardings)
         )
-        frozen, ref_tables = reference.load(
+        reference_params, ref_tables = reference.load(
             config, objective, data, tokenizer, mesh, rules, workdir, ref_shapes, ref_shardings,
             sources, None if base is None else base.params,
         )  # fmt: skip
-        frozen_shardings = ref_shardings if frozen is not None else None
+        if reference_params is not None:
+            frozen["reference"], frozen_shardings["reference"] = reference_params, ref_shardings
     if base is not None:
-        frozen, frozen_shardings = lora_training.frozen_inputs(base, frozen)
-    return frozen, frozen_shardings, ref_tables
+        frozen, frozen_shardings = lora_training.frozen_inputs(base, frozen.get("reference"))
+    return frozen or None, frozen_shardings or None, ref_tables
 
 
 def _write_config(config, workdir: str) -> dict:

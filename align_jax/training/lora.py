@@ -60,6 +60,12 @@ def frozen_inputs(base: FrozenBase, reference: dict | None) -> tuple[dict, dict]
     )
 
 
+def policy_params(trainable: dict, frozen: dict) -> dict:
+    """The policy's full parameters (base ∪ adapters) from the step's arguments: what the
+    online sampler runs."""
+    return lora.join(frozen["base"], trainable)
+
+
 def load_base(config, shapes: dict, shardings: dict) -> dict:
     """The frozen base: `config.init_from`, which a LoRA run requires (adapters over a random
     base are almost always a forgotten flag, and the run could not be reloaded without it)."""
@@ -92,7 +98,8 @@ def init_trainable(config, shapes: dict, shardings: dict) -> dict:
 
 
 def wrap_objective(objective: Objective, trainable_shapes: dict) -> Objective:
-    """The objective over (trainable, frozen = {"base", "reference"}) instead of full trees."""
+    """The objective over (trainable, frozen = {"base", "reference"}) instead of full trees;
+    the wrapped objective sees the full policy and `{"reference": ...}` when it has one."""
 
     def reference(ref_base):
         # Zero adapters make every projection its kernel alone, exactly; a new head has no
@@ -100,16 +107,24 @@ def wrap_objective(objective: Objective, trainable_shapes: dict) -> Objective:
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), trainable_shapes)
         return lora.join(ref_base, zeros)
 
-    def loss_fn(trainable, frozen, batch, rng):
-        ref = None
+    def inner(trainable, frozen):
+        """(the policy's full parameters, the objective's own `frozen` dict)."""
+        models = {}
         if objective.needs_reference:
             separate = frozen["reference"]
-            ref = reference(frozen["base"] if separate is None else separate)
-        return objective.loss_fn(lora.join(frozen["base"], trainable), ref, batch, rng)
+            models["reference"] = reference(frozen["base"] if separate is None else separate)
+        return lora.join(frozen["base"], trainable), models
+
+    def loss_fn(trainable, frozen, batch, rng):
+        return objective.loss_fn(*inner(trainable, frozen), batch, rng)
+
+    def prepare_fn(trainable, frozen, batch):
+        return objective.prepare_fn(*inner(trainable, frozen), batch)
 
     ref_logps = objective.reference_logps_fn
     return dataclasses.replace(
         objective,
         loss_fn=loss_fn,
+        prepare_fn=prepare_fn if objective.online else None,
         reference_logps_fn=ref_logps and (lambda ref_base, b: ref_logps(reference(ref_base), b)),
     )

@@ -75,7 +75,7 @@ def batch_shardings(batch_shapes: dict, mesh, rules) -> dict:
     }
 
 
-def _split_micro(batch: dict, k: int) -> dict:
+def split_micro(batch: dict, k: int) -> dict:
     """[B, ...] -> [k, B/k, ...] taking rows i::k into micro-batch i.
 
     Strided rows keep every device's share of each micro-batch on that device (the batch axis
@@ -114,7 +114,7 @@ def make_train_step(
         if grad_accum_steps == 1:
             grads, loss_sum, denom, metrics = one(batch, rng)
         else:
-            micro = _split_micro(batch, grad_accum_steps)
+            micro = split_micro(batch, grad_accum_steps)
             rngs = jax.random.split(rng, grad_accum_steps)
             first = jax.tree.map(lambda x: x[0], micro)
             init = jax.tree.map(jnp.zeros_like, jax.eval_shape(one, first, rngs[0]))

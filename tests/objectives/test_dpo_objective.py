@@ -59,7 +59,7 @@ def test_dpo_loss_matches_independent_computation():
     _, reference, _ = init_params(cfg.model, one, DEFAULT_RULES, 1)
     batch = pair_batch()
     objective = objectives.build(cfg, graphdef)
-    loss_sum, (count, metrics) = objective.loss_fn(policy, reference, batch, None)
+    loss_sum, (count, metrics) = objective.loss_fn(policy, {"reference": reference}, batch, None)
     lc, lr = (
         seq_logps(
             graphdef, policy, batch[f"{s}_tokens"], batch[f"{s}_segment_ids"], batch[f"{s}_mask"]
@@ -101,7 +101,7 @@ def test_sharded_dpo_gradients_equal_single_device(devices):
         objective = objectives.build(cfg, graphdef)
         with parallel.sharding_context(mesh, DEFAULT_RULES):
             g = jax.jit(jax.grad(lambda p, r, b, o=objective: o.loss_fn(p, r, b, None)[0]))(
-                policy, reference, batch
+                policy, {"reference": reference}, batch
             )
         grads.append(jax.device_get(g))
     for other in grads[1:]:

@@ -97,7 +97,7 @@ def setup():
 def run_objective(setup, batch=None, frozen="reference", **objective):
     graphdef, policy, reference, default_batch, _ = setup
     objective_fn = objectives.build(dpo_config(**objective), graphdef)
-    frozen = reference if frozen == "reference" else frozen
+    frozen = {"reference": reference} if frozen == "reference" else frozen
     loss_sum, (count, metrics) = jax.jit(objective_fn.loss_fn)(
         policy, frozen, default_batch if batch is None else batch, None
     )
@@ -237,7 +237,7 @@ def test_wpo_weights_are_constants_in_the_gradient(setup):
     for wpo in (False, True):
         objective = objectives.build(dpo_config(wpo=wpo), graphdef)
         grads[wpo] = jax.jit(
-            jax.grad(lambda p, o=objective: o.loss_fn(p, reference, one_pair, None)[0])
+            jax.grad(lambda p, o=objective: o.loss_fn(p, {"reference": reference}, one_pair, None)[0])
         )(policy)
     w = wpo_weights(sides)[2]
     flat_plain, flat_wpo = (

@@ -13,7 +13,7 @@ from tiny_runs import REPO, stage_config, xla_env
 
 from align_jax import loading, objectives, parallel
 from align_jax.data.tokenizer import Tokenizer
-from align_jax.training import loop
+from align_jax.training import loop, sources
 from align_jax.training import step as step_lib
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -37,10 +37,10 @@ def held_out_at_init(cfg):
     the loop's own evaluation."""
     _, graphdef, params, mesh = loading.load_run(cfg.init_from)
     objective = objectives.build(cfg, graphdef)
-    data = loop.DATA_PIPELINES[objective.batch_kind]
+    data = sources.DATA_PIPELINES[objective.batch_kind]
     tokenizer = Tokenizer.load(cfg.data.tokenizer)
     source = data.load_source(cfg.data, "eval", tokenizer)
-    frozen = params if objective.needs_reference else None
+    frozen = {"reference": params} if objective.needs_reference else None
     with parallel.sharding_context(mesh, tuple(tuple(r) for r in cfg.sharding.rules)):
         eval_step = jax.jit(step_lib.make_eval_step(objective))
         return loop.evaluate(

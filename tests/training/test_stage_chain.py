@@ -14,7 +14,7 @@ from tiny_runs import HANG_GUARD_S, REPO, read_params, stage_config, xla_env
 from align_jax import models
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.score import RewardScorer
-from align_jax.training import loop
+from align_jax.training import loop, sources
 
 
 def config(stage, data_dir, **kw):
@@ -129,7 +129,7 @@ def test_pretrain_sft_reward_chain(sft_run, tmp_path):
     first = dpo_records[0]
     assert first["step"] == 1 and first["reward_accuracy"] == 0.0 and first["kl_ref"] == 0.0
     assert first["reward_margin"] == first["chosen_reward"] == first["rejected_reward"] == 0.0
-    pairs_data = loop.DATA_PIPELINES["pairs"]
+    pairs_data = sources.DATA_PIPELINES["pairs"]
     tokenizer = Tokenizer.load(dpo.data.tokenizer)
     source = pairs_data.load_source(dpo.data, "train", tokenizer)
     batch = next(pairs_data.make_train_iterator(dpo.data, tokenizer, seed=dpo.seed, source=source))

@@ -265,8 +265,8 @@ def run_step(cfg, mesh, batch, accum: int = 1, reference_seed: int | None = None
     graphdef, params, shardings = models.init_params(cfg.model, mesh, rules, 0)
     frozen = frozen_shardings = None
     if reference_seed is not None:
-        frozen = models.init_params(cfg.model, mesh, rules, reference_seed)[1]
-        frozen_shardings = shardings
+        frozen = {"reference": models.init_params(cfg.model, mesh, rules, reference_seed)[1]}
+        frozen_shardings = {"reference": shardings}
     objective = objectives.build(cfg, graphdef)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.total_steps)
     state_sh = step_lib.state_shardings(tx, jax.eval_shape(lambda: params), shardings, mesh)

@@ -1,0 +1,338 @@
+"""The batch source of online RL: rollout batches sampled from the live policy and scored.
+
+The loop (align_jax/training/loop.py) asks a batch source for each step's batch:
+
+    batch, metrics = source.next(params, step)
+
+with the *current* parameters, before the step donates them, so every batch is sampled
+from the policy that will be updated on it; nothing is sampled ahead of the policy.
+`shapes` is the batch's fields and shapes, fixed by the config, so the step compiles
+before any sample exists.
+
+One step of `RolloutSource`:
+1. the next `config.data.batch_size` prompts (align_jax/data/prompts.py), each sampled
+   G = `num_generations` times (align_jax/rollout/sampler.py) with `config.rollout`'s
+   settings, prompts padded to `config.data.max_prompt_len` slots so one program serves
+   every step. The sampling seed of round r of step s is a function of (`config.seed`, s,
+   r) alone;
+2. the completions decoded (without eos) and scored by the reward functions
+   (`config.rewards`, align_jax/rollout/rewards.py), their weighted total plus DAPO's
+   overlong penalty (`objective.overlong_buffer`) the sample's reward;
+3. with `objective.dynamic_sampling` (DAPO), groups whose rewards are all equal are dropped
+   and the next prompts sampled, until `batch_size` groups remain or
+   `max_sampling_rounds` rounds have run; extra groups of the last round are discarded
+   (verl's choice: a kept group would be sampled from an older policy) and a batch still
+   short is filled with dropped groups (their advantages are 0, so they add no gradient),
+   counted in `dynamic_sampling/filled_groups`;
+4. right-padded training rows with explicit positions (align_jax/rollout/rows.py).
+
+State for exact resume, saved with every checkpoint as the `data` item: the prompt
+iterator's position. The RNG follows from the step; the dynamic-sampling rounds of a step
+are replayed from the same prompts and seeds.
+
+Host metrics of each step: `reward` and `reward/<name>` (means over the kept samples),
+`reward_std` (within-group std, averaged over groups), `frac_zero_variance_groups`,
+`completion_length` mean and max, `truncated_fraction` (no eos within max_new_tokens),
+`reward_timeouts`, `time/sampling`, `time/rewards`, `generated_tokens_per_sec`, and the
+dynamic-sampling counts. Every `config.rollout.log_samples_every` steps the first
+`log_samples` prompts' groups go to `samples.jsonl`: prompt, completions, each reward.
+
+`evaluate(params)` samples `eval_num_samples` completions per held-out prompt and returns
+the mean reward (each function's too), the mean completion length, and pass@1 and pass@k
+(`pass_at_1`, `pass_at_<k>`, k = eval_num_samples; the unbiased estimator of arXiv
+2107.03374), where a sample passes when its total reward is at least `pass_threshold`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from align_jax.data import prompts as prompts_data
+from align_jax.losses import overlong_penalty
+from align_jax.rollout import Rewards, Sampler, SamplingParams, weighted_total
+from align_jax.rollout.rows import training_rows
+from align_jax.training.metrics import truncate_jsonl
+
+
+def sampling_seed(seed: int, step: int, round_: int, *, stream: int = 0) -> int:
+    """The sampler's seed for round `round_` of step `step`: independent streams per
+    (seed, step, round), whatever ran before. Eval uses `stream=1`, the same seeds at every
+    eval, so eval curves compare the policies on the same draws."""
+    entropy = [seed, stream, step, round_]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c pass (arXiv 2107.03374, Eq. 1)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+class RolloutSource:
+    """Online batches for the GRPO family (see the module docstring)."""
+
+    def __init__(self, config, objective, graphdef, tokenizer, mesh, rules, workdir,
+                 sources: dict, rewards: Rewards):  # fmt: skip
+        o, r = config.objective, config.rollout
+        self.config, self.tokenizer, self.rewards = config, tokenizer, rewards
+        self.group = int(o.num_generations)
+        self.prompts_per_step = int(config.data.batch_size)
+        self.prompt_len = prompts_data.max_prompt_len(config.data)
+        self.max_new_tokens = int(r.max_new_tokens)
+        self.width = self.prompt_len + self.max_new_tokens
+        self.sp = SamplingParams(
+            max_new_tokens=self.max_new_tokens, temperature=float(r.temperature),
+            top_k=int(r.top_k), top_p=float(r.top_p), n=self.group,
+        )  # fmt: skip
+        self.sampler = Sampler(graphdef, mesh, rules, eos_id=tokenizer.eos_id,
+                               pad_id=tokenizer.pad_id)  # fmt: skip
+        self.iterator = prompts_data.make_train_iterator(
+            config.data, tokenizer, seed=config.seed, source=sources["train"]
+        )
+        self.eval_source = sources.get("eval")
+        self.samples_path = os.path.join(workdir, "samples.jsonl")
+        self._writes = jax.process_index() == 0
+
+    # --------------------------------------------------------------- the loop's protocol
+
+    @property
+    def shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """This process's batch fields: its prompts × G rows of `width` tokens."""
+        n = self.prompts_per_step // jax.process_count() * self.group
+        w = self.width
+        spec = jax.ShapeDtypeStruct
+        return {
+            "tokens": spec((n, w), np.int32),
+            "positions": spec((n, w), np.int32),
+            "segment_ids": spec((n, w), np.int32),
+            "completion_mask": spec((n, w - 1), np.int32),
+            "sampler_logps": spec((n, w - 1), np.float32),
+            "rewards": spec((n,), np.float32),
+            "has_eos": spec((n,), np.int32),
+        }
+
+    @property
+    def checkpoint_item(self):
+        """Saved as the checkpoint's `data` item through grain's handler (bytes state)."""
+        return self
+
+    def get_state(self) -> bytes:
+        return json.dumps({"prompts": self.iterator.get_state()}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.iterator.set_state(json.loads(state.decode())["prompts"])
+
+    def start_prefetch(self) -> None:
+        """Called by grain's checkpoint handler after a restore; nothing runs ahead here."""
+
+    def start(self, step: int) -> None:
+        """Before the first step of a run starting (or resuming) at `step`: samples.jsonl
+        loses its records after `step`, as metrics.jsonl does."""
+        if self._writes:
+            truncate_jsonl(self.samples_path, step)
+
+    def close(self) -> None:
+        self.rewards.close()
+
+    # --------------------------------------------------------------- one step
+
+    def next(self, params, step: int) -> tuple[dict, dict]:
+        o = self.config.objective
+        kept: list[dict] = []
+        dropped: list[dict] = []
+        metrics = {"time/sampling": 0.0, "time/rewards": 0.0}
+        generated = sampled_groups = zero_variance = rounds = 0
+        timeouts = 0.0
+        while len(kept) < self.prompts_per_step and rounds < o.max_sampling_rounds:
+            prompts = next(self.iterator)
+            seed = sampling_seed(self.config.seed, step, rounds)
+            rounds += 1
+            groups, info = self._sample_and_score(params, prompts, seed)
+            metrics["time/sampling"] += info["time/sampling"]
+            metrics["time/rewards"] += info["time/rewards"]
+            generated += info["generated"]
+            timeouts += info["reward_timeouts"]
+            sampled_groups += len(groups)
+            for g in groups:
+                flat = np.ptp(g["total"]) == 0
+                zero_variance += int(flat)
+                (dropped if flat and o.dynamic_sampling else kept).append(g)
+            if not o.dynamic_sampling:
+                break
+        filled = max(0, self.prompts_per_step - len(kept))
+        groups = (kept + dropped[:filled])[: self.prompts_per_step]
+        batch = self._rows(groups)
+        metrics.update(self._group_metrics(groups))
+        metrics["frac_zero_variance_groups"] = zero_variance / sampled_groups
+        metrics["reward_timeouts"] = timeouts
+        metrics["generated_tokens_per_sec"] = generated / max(metrics["time/sampling"], 1e-9)
+        if o.dynamic_sampling:
+            metrics["dynamic_sampling/rounds"] = float(rounds)
+            metrics["dynamic_sampling/dropped_groups"] = float(len(dropped))
+            metrics["dynamic_sampling/filled_groups"] = float(filled)
+        every = self.config.rollout.log_samples_every
+        if self._writes and every and (step + 1) % every == 0:
+            self._log_samples(step + 1, groups[: self.config.rollout.log_samples])
+        return batch, metrics
+
+    def _sample_and_score(self, params, prompts: list[dict], seed: int):
+        """Samples G completions of each prompt and scores them: one dict per group."""
+        t0 = time.perf_counter()
+        out = self.sampler.generate(
+            params, [p["prompt_ids"] for p in prompts], self.sp, seed=seed,
+            prompt_len=self.prompt_len,
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        texts, lengths, has_eos = decode_completions(out, self.tokenizer)
+        index = out["prompt_index"]
+        rewards_bf, reward_metrics = self.rewards(
+            [prompts[j]["prompt"] for j in index],
+            texts,
+            _fields([prompts[j]["fields"] for j in index]),
+        )
+        total = weighted_total(rewards_bf, self.rewards.weights)
+        buffer = self.config.objective.overlong_buffer
+        if buffer:
+            penalty = overlong_penalty(
+                lengths, max_length=self.max_new_tokens, cache_length=int(buffer)
+            )
+            total = total + float(self.config.objective.overlong_penalty_factor) * np.asarray(
+                penalty
+            )
+        t2 = time.perf_counter()
+        groups = []
+        for j, prompt in enumerate(prompts):
+            rows = slice(j * self.group, (j + 1) * self.group)
+            groups.append({
+                "prompt": prompt,
+                "tokens": out["tokens"][rows], "mask": out["mask"][rows],
+                "logprobs": out["logprobs"][rows], "lengths": lengths[rows],
+                "has_eos": has_eos[rows], "texts": texts[rows],
+                "rewards": rewards_bf[rows], "total": total[rows].astype(np.float32),
+            })  # fmt: skip
+        info = {
+            "time/sampling": t1 - t0,
+            "time/rewards": t2 - t1,
+            "generated": int(lengths.sum()),
+            "reward_timeouts": reward_metrics["reward_timeouts"],
+        }
+        return groups, info
+
+    def _rows(self, groups: list[dict]) -> dict:
+        cat = lambda key: np.concatenate([g[key] for g in groups])  # noqa: E731
+        rows = training_rows(
+            [g["prompt"]["prompt_ids"] for g in groups for _ in range(self.group)],
+            cat("tokens"), cat("mask"), cat("logprobs"),
+            width=self.width, pad_id=self.tokenizer.pad_id,
+        )  # fmt: skip
+        rows["rewards"] = cat("total").astype(np.float32)
+        rows["has_eos"] = cat("has_eos").astype(np.int32)
+        return rows
+
+    def _group_metrics(self, groups: list[dict]) -> dict:
+        rewards = np.concatenate([g["rewards"] for g in groups])
+        total = np.concatenate([g["total"] for g in groups])
+        lengths = np.concatenate([g["lengths"] for g in groups])
+        out = {"reward": float(total.mean())}
+        for f, name in enumerate(self.rewards.names):
+            applies = ~np.isnan(rewards[:, f])
+            out[f"reward/{name}"] = float(rewards[applies, f].mean()) if applies.any() else math.nan
+        out["reward_std"] = float(np.mean([np.std(g["total"], ddof=1) for g in groups]))
+        out["completion_length"] = float(lengths.mean())
+        out["completion_length_max"] = float(lengths.max())
+        out["truncated_fraction"] = float(1 - np.concatenate([g["has_eos"] for g in groups]).mean())
+        return out
+
+    def _log_samples(self, step: int, groups: list[dict]) -> None:
+        with open(self.samples_path, "a") as f:
+            for g in groups:
+                record = {
+                    "step": step,
+                    "prompt": g["prompt"]["prompt"],
+                    "completions": list(g["texts"]),
+                    "rewards": {
+                        name: [None if np.isnan(v) else float(v) for v in g["rewards"][:, k]]
+                        for k, name in enumerate(self.rewards.names)
+                    },
+                    "total": [float(v) for v in g["total"]],
+                }
+                f.write(json.dumps(record) + "\n")
+
+    # --------------------------------------------------------------- held-out prompts
+
+    def evaluate(self, params) -> dict:
+        """Mean reward, lengths and pass@k over the held-out prompts (see the docstring)."""
+        if self.eval_source is None:
+            return {}
+        r = self.config.rollout
+        k = int(r.eval_num_samples)
+        sp = SamplingParams(
+            max_new_tokens=self.max_new_tokens, temperature=float(r.eval_temperature),
+            top_k=int(r.top_k), top_p=float(r.top_p), n=k,
+        )  # fmt: skip
+        totals, per_fn, lengths, pass1, passk = [], [], [], [], []
+        iterator = prompts_data.make_eval_iterator(
+            self.config.data, self.tokenizer, source=self.eval_source
+        )
+        for i, prompts in enumerate(iterator):
+            if self.config.eval_steps and i >= self.config.eval_steps:
+                break
+            out = self.sampler.generate(
+                params, [p["prompt_ids"] for p in prompts], sp,
+                seed=sampling_seed(self.config.seed, 0, i, stream=1), prompt_len=self.prompt_len,
+            )  # fmt: skip
+            texts, n_tok, _ = decode_completions(out, self.tokenizer)
+            index = out["prompt_index"]
+            rewards_bf, _ = self.rewards(
+                [prompts[j]["prompt"] for j in index], texts,
+                _fields([prompts[j]["fields"] for j in index]),
+            )  # fmt: skip
+            total = weighted_total(rewards_bf, self.rewards.weights)
+            for j, prompt in enumerate(prompts):
+                if not prompt["valid"]:
+                    continue
+                rows = slice(j * k, (j + 1) * k)
+                totals.append(total[rows])
+                per_fn.append(rewards_bf[rows])
+                lengths.append(n_tok[rows])
+                passed = int(np.sum(total[rows] >= float(r.pass_threshold)))
+                pass1.append(pass_at_k(k, passed, 1))
+                passk.append(pass_at_k(k, passed, k))
+        if not totals:
+            return {}
+        rewards = np.concatenate(per_fn)
+        out = {"reward": float(np.concatenate(totals).mean())}
+        for f, name in enumerate(self.rewards.names):
+            applies = ~np.isnan(rewards[:, f])
+            out[f"reward/{name}"] = float(rewards[applies, f].mean()) if applies.any() else math.nan
+        out["completion_length"] = float(np.concatenate(lengths).mean())
+        out["pass_at_1"] = float(np.mean(pass1))
+        out[f"pass_at_{k}"] = float(np.mean(passk))
+        return out
+
+
+def decode_completions(out: dict, tokenizer) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(texts without the eos, lengths in tokens with it, whether each ended with eos) of
+    the sampler's output `out`."""
+    lengths = out["mask"].astype(bool).sum(axis=1)
+    tokens = out["tokens"]
+    has_eos = np.array(
+        [n > 0 and tokens[i, n - 1] == tokenizer.eos_id for i, n in enumerate(lengths)]
+    )
+    texts = [tokenizer.decode(tokens[i, : n - int(e)].tolist()) for i, (n, e) in
+             enumerate(zip(lengths, has_eos, strict=True))]  # fmt: skip
+    return texts, lengths, has_eos
+
+
+def _fields(records: list[dict]) -> dict[str, list]:
+    """Per-sample record fields as reward keyword arguments: every key of any record, None
+    where a record lacks it."""
+    keys = sorted({k for r in records for k in r})
+    return {k: [r.get(k) for r in records] for k in keys}
