@@ -166,9 +166,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
         )
         objective = lora_training.wrap_objective(objective, param_shapes)
     # An online step makes `updates_per_step` optimizer updates: the schedule counts those.
-    tx, schedule = make_optimizer(
-        config.optimizer, config.total_steps * objective.updates_per_step
-    )
+    tx, schedule = make_optimizer(config.optimizer, config.total_steps * objective.updates_per_step)
     shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh)
 
     data = sources_lib.DATA_PIPELINES[objective.batch_kind]

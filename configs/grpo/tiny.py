@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
     c.objective.update(num_generations=8, loss_type="dapo", scale_rewards="group")
     c.update(total_steps=40, log_every=5, eval_every=20, checkpoint_every=20)
     c.model = model_config("tiny")
-    c.optimizer.update(learning_rate=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
+    c.optimizer.update(learning_rate=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0)
     c.data.update(batch_size=8, max_prompt_len=24, **data_files(arg, "rl_"))
     c.rollout.update(max_new_tokens=16, temperature=1.0, eval_num_samples=4,
                      log_samples_every=10)  # fmt: skip

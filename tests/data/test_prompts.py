@@ -69,6 +69,7 @@ def write(path, records):
 
 def data_cfg(train, **kw):
     c = base_config().data
+    del c["max_prompt_len"]  # re-added untyped below, so kw may give it any type
     c.update(train_files=train, eval_files=train, batch_size=4, shuffle=False)
     c.update({"prefetch_batches": 0, "max_prompt_len": 64, **kw})  # one update: kw may retype
     return c

@@ -237,7 +237,9 @@ def test_wpo_weights_are_constants_in_the_gradient(setup):
     for wpo in (False, True):
         objective = objectives.build(dpo_config(wpo=wpo), graphdef)
         grads[wpo] = jax.jit(
-            jax.grad(lambda p, o=objective: o.loss_fn(p, {"reference": reference}, one_pair, None)[0])
+            jax.grad(
+                lambda p, o=objective: o.loss_fn(p, {"reference": reference}, one_pair, None)[0]
+            )
         )(policy)
     w = wpo_weights(sides)[2]
     flat_plain, flat_wpo = (

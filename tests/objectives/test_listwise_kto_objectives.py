@@ -125,7 +125,9 @@ def test_listwise_losses_match_independent_computation(models):
     n_real = batch["list_mask"].sum(1).astype(int)
 
     objective = objectives.build(config("listwise", "plackett_luce"), graphdef)
-    loss, (count, metrics) = jax.jit(objective.loss_fn)(policy, reference, batch, None)
+    loss, (count, metrics) = jax.jit(objective.loss_fn)(
+        policy, {"reference": reference}, batch, None
+    )
     want = sum(
         -sum(u[i, j] - np.logaddexp.reduce(u[i, j : n_real[i]]) for j in range(n_real[i]))
         for i in range(4)
@@ -144,7 +146,7 @@ def test_listwise_losses_match_independent_computation(models):
 
     tau = 0.7
     objective = objectives.build(config("listwise", "soft_pairwise", score_tau=tau), graphdef)
-    loss = float(jax.jit(objective.loss_fn)(policy, reference, batch, None)[0])
+    loss = float(jax.jit(objective.loss_fn)(policy, {"reference": reference}, batch, None)[0])
     want = 0.0
     for i in range(4):
         s = batch["scores"][i]
@@ -189,7 +191,7 @@ def test_listwise_with_two_responses_equals_dpo(models):
         index=pair["index"],
     )
     run = lambda cfg, batch: jax.jit(objectives.build(cfg, graphdef).loss_fn)(  # noqa: E731
-        policy, reference, batch, None
+        policy, {"reference": reference}, batch, None
     )
     pl, (_, pl_metrics) = run(config("listwise", "plackett_luce"), lists)
     dpo, (_, dpo_metrics) = run(config("dpo", "sigmoid"), pair)
@@ -264,7 +266,7 @@ def test_kto_loss_matches_independent_computation(models, swap):
     )
     cfg = config("kto", "kto", desirable_weight=w_d, undesirable_weight=w_u)
     loss, (count, metrics) = jax.jit(objectives.build(cfg, graphdef).loss_fn)(
-        policy, reference, batch, None
+        policy, {"reference": reference}, batch, None
     )
     assert float(count) == 6
     assert float(loss) == pytest.approx(want.sum(), rel=1e-4)
@@ -305,7 +307,7 @@ def test_kto_sharded_equals_single_device(models, devices):
         with parallel.sharding_context(mesh, DEFAULT_RULES):
             loss, (count, metrics) = jax.jit(objective.loss_fn)(
                 jax.device_put(policy, shardings),
-                jax.device_put(reference, shardings),
+                {"reference": jax.device_put(reference, shardings)},
                 jax.device_put(batch, rows),
                 None,
             )

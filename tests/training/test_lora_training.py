@@ -138,7 +138,9 @@ def test_separate_reference_equals_merged_policy_against_that_reference():
     batch = pair_batch(seed=2)
     got = objective.loss_fn(trainable, {**frozen, "reference": other}, batch, None)[0]
     merged = lora.merge_lora(lora.join(frozen["base"], trainable), cfg.model)
-    want = objectives.build(plain_cfg, plain_graphdef).loss_fn(merged, {"reference": other}, batch, None)[0]
+    want = objectives.build(plain_cfg, plain_graphdef).loss_fn(
+        merged, {"reference": other}, batch, None
+    )[0]
     assert float(got) == pytest.approx(float(want), rel=1e-5)
 
 
