@@ -65,236 +65,50 @@ process and is called with the same arguments plus `tokens=`, whatever the calle
 `rewards(..., tokens=...)` (token ids, masks), and returns a number or NaN per sample. A
 config lists it by the name it is given in `Rewards.from_config(config, extra={name: ...})`.
 
-The module is longer than most (~550 lines): the registry, the built-ins whose options the
-config binds, and `Rewards` read as one contract.
+The registry lives in `align_jax.rollout.reward_registry`, the built-ins in
+`align_jax.rollout.reward_functions`; this module re-exports both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-import importlib.util
 import math
 import pickle
 import re
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from fractions import Fraction
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from align_jax.rollout.reward_functions import (
+    EXTRACTIONS,
+    answer_match,
+    answers_equal,
+    as_number,
+    completion_text,
+    extract_answer,
+    length_penalty,
+    math_equiv,
+    r1_format,
+)
 from align_jax.rollout.reward_pool import Call, InProcess, PoolError, WorkerPool
+from align_jax.rollout.reward_registry import (
+    REWARD_FUNCTIONS,
+    REWARD_OPTIONS,
+    REWARD_REQUIRES,
+    RewardError,
+    register,
+    resolve,
+)
 
-
-class RewardError(ValueError):
-    """A reward function or its config is unusable; the message (one line) says which and why."""
-
-
-REWARD_FUNCTIONS: dict[str, Callable[..., Sequence[float | None]]] = {}
-REWARD_OPTIONS: dict[str, dict[str, str]] = {}  # name -> {keyword: config key}
-REWARD_REQUIRES: dict[str, tuple[str, str]] = {}  # name -> (module, what installs it)
-EXTRACTIONS = ("last_number", "boxed", "answer_tag")
-
-
-def register(name: str, *, requires: tuple[str, str] | None = None, **config_keys: str):
-    """Decorator adding a reward function to `REWARD_FUNCTIONS` under `name`. `config_keys`
-    maps keywords of the function to keys of the rewards config that `Rewards.from_config`
-    passes to it, e.g. `register("answer_match", extraction="answer_extraction")`;
-    `requires=(module, install)` makes `resolve` check that an optional module is there."""
-
-    def add(fn):
-        old = REWARD_FUNCTIONS.get(name)
-        same = old is not None and (old.__module__, old.__qualname__) == (
-            fn.__module__,
-            fn.__qualname__,
-        )
-        if old is not None and not same:  # the same function re-imported is no conflict
-            raise RewardError(
-                f"reward function name {name!r} is taken by {old.__module__}.{old.__qualname__}"
-            )
-        REWARD_FUNCTIONS[name] = fn
-        REWARD_OPTIONS[name] = dict(config_keys)
-        if requires:
-            REWARD_REQUIRES[name] = requires
-        return fn
-
-    return add
-
-
-def resolve(spec: str) -> Callable[..., Any]:
-    """A registered reward function's name, or a dotted path `package.module.fn` or
-    `package.module:fn`, to the function; RewardError (one line) if there is none."""
-    spec = spec.strip()
-    if spec in REWARD_FUNCTIONS:
-        module, install = REWARD_REQUIRES.get(spec, ("", ""))
-        if module and importlib.util.find_spec(module) is None:
-            raise RewardError(f"reward function {spec!r} needs {module}: pip install {install}")
-        return REWARD_FUNCTIONS[spec]
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-    elif "." in spec:
-        module_name, _, attr = spec.rpartition(".")
-    else:
-        raise RewardError(
-            f"unknown reward function {spec!r}; registered: {', '.join(sorted(REWARD_FUNCTIONS))}"
-            " (or a dotted path package.module.fn)"
-        )
-    try:
-        obj = importlib.import_module(module_name)
-    except Exception as e:
-        raise RewardError(
-            f"reward function {spec!r}: cannot import {module_name!r} "
-            f"({type(e).__name__}: {' '.join(str(e).split())})"
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise RewardError(f"reward function {spec!r}: {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise RewardError(f"reward function {spec!r} is not callable (a {type(obj).__name__})")
-    return obj
-
-
-# ----------------------------------------------------------------------------- built-ins
-
-
-def completion_text(completion: Any) -> str:
-    """A completion's text: the string itself, or the content of a message list's last one."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        return str(completion[-1].get("content", ""))
-    raise TypeError(f"a completion must be a string or a list of messages, got {completion!r}")
-
-
-_LAST_NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-_BOXED = re.compile(r"\\boxed\s*\{")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_RATIO = re.compile(r"[-+]?\d+/\d+")
-_THOUSANDS = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?")
-
-
-def extract_answer(text: str, extraction: str) -> str | None:
-    """The final answer in `text` by `extraction` (one of `EXTRACTIONS`), or None."""
-    if extraction == "last_number":
-        numbers = _LAST_NUMBER.findall(text)
-        return numbers[-1] if numbers else None
-    if extraction == "boxed":
-        for match in reversed(list(_BOXED.finditer(text))):
-            depth, start = 1, match.end()
-            for i in range(start, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[i], 0)
-                if depth == 0:
-                    return text[start:i].strip()
-        return None
-    if extraction == "answer_tag":
-        contents = _ANSWER_TAG.findall(text)
-        return contents[-1].strip() if contents else None
-    raise ValueError(f"unknown answer extraction {extraction!r}; valid: {', '.join(EXTRACTIONS)}")
-
-
-def as_number(text: str) -> Fraction | None:
-    """`text` as an exact number (see `answer_match`), or None if it does not read as one."""
-    text = text.strip().strip("$").strip().removesuffix(".")
-    grouped = _THOUSANDS.fullmatch(text)
-    if grouped:
-        text = grouped[1] + grouped[2].replace(",", "") + (grouped[3] or "")
-    if _DECIMAL.fullmatch(text) or _RATIO.fullmatch(text):
-        try:
-            return Fraction(text)
-        except ZeroDivisionError:  # "1/0"
-            return None
-    return None
-
-
-def answers_equal(predicted: str, answer: str) -> bool:
-    """`answer_match`'s comparison: numerically when both read as numbers, else as text."""
-    a, b = as_number(predicted), as_number(answer)
-    if a is not None and b is not None:
-        return a == b
-    return " ".join(predicted.split()) == " ".join(answer.split())
-
-
-@register("answer_match", extraction="answer_extraction")
-def answer_match(prompts, completions, answer=None, *, extraction="last_number", **fields):
-    """1.0 when the extracted final answer equals `answer`, 0.0 if not, None without one."""
-    if extraction not in EXTRACTIONS:
-        raise ValueError(f"unknown answer extraction {extraction!r}; valid: {EXTRACTIONS}")
-    if answer is None:
-        raise ValueError("answer_match needs an 'answer' field in the prompts' records")
-    rewards = []
-    for completion, expected in zip(completions, answer, strict=True):
-        if expected is None:
-            rewards.append(None)
-            continue
-        predicted = extract_answer(completion_text(completion), extraction)
-        rewards.append(float(predicted is not None and answers_equal(predicted, str(expected))))
-    return rewards
-
-
-_TAG = r"</?(?:think|answer)>"
-_UNTAGGED = rf"(?:(?!{_TAG}).)*"
-_R1_FORMAT = re.compile(rf"\s*<think>{_UNTAGGED}</think>\s*<answer>{_UNTAGGED}</answer>\s*", re.S)
-
-
-@register("r1_format")
-def r1_format(prompts, completions, **fields):
-    """1.0 for `<think>…</think><answer>…</answer>` (whitespace around), else 0.0."""
-    rewards = []
-    for prompt, completion in zip(prompts, completions, strict=True):
-        text = completion_text(completion)
-        if isinstance(prompt, str) and prompt.rstrip().endswith("<think>"):
-            text = "<think>" + text
-        rewards.append(float(_R1_FORMAT.fullmatch(text) is not None))
-    return rewards
-
-
-@register("length", target_chars="length_target", limit_chars="length_limit")
-def length_penalty(prompts, completions, *, target_chars=2000, limit_chars=4000, **fields):
-    """0 up to `target_chars` characters, then linearly down to −1 at `limit_chars`."""
-    if not 0 <= target_chars < limit_chars:
-        raise ValueError(f"length needs 0 <= target < limit, got {target_chars}, {limit_chars}")
-    rewards = []
-    for completion in completions:
-        over = len(completion_text(completion)) - target_chars
-        rewards.append(-min(max(over, 0) / (limit_chars - target_chars), 1.0))
-    return rewards
-
-
-@register("math_equiv", requires=("math_verify", "align_jax[math]"))
-def math_equiv(prompts, completions, answer=None, **fields):
-    """`math-verify`'s equivalence of the completion's answer with `answer` (None if the
-    answer does not parse)."""
-    try:
-        # Imported on use: an optional extra, and importing it (sympy) takes a second.
-        import math_verify
-    except ImportError:
-        raise RewardError(
-            "math_equiv needs the math-verify package: pip install align_jax[math]"
-        ) from None
-    if answer is None:
-        raise ValueError("math_equiv needs an 'answer' field in the prompts' records")
-    # math-verify bounds each parse and comparison with SIGALRM (5 s), which only the main
-    # thread may use; elsewhere it runs unbounded and the pool's timeout is the only bound.
-    limit = 5 if threading.current_thread() is threading.main_thread() else None
-    rewards = []
-    for completion, expected in zip(completions, answer, strict=True):
-        gold = []
-        if expected is not None:
-            gold = math_verify.parse(
-                str(expected), extraction_mode="first_match", parsing_timeout=limit
-            )
-        if not gold:
-            rewards.append(None)
-            continue
-        predicted = math_verify.parse(completion_text(completion), parsing_timeout=limit)
-        equal = bool(predicted) and math_verify.verify(gold, predicted, timeout_seconds=limit)
-        rewards.append(float(equal))
-    return rewards
+__all__ = [
+    "EXTRACTIONS", "REWARD_FUNCTIONS", "REWARD_OPTIONS", "REWARD_REQUIRES", "RewardError",
+    "Rewards", "TokenScorer", "answer_match", "answers_equal", "as_number", "completion_text",
+    "default_config", "extract_answer", "length_penalty", "math_equiv", "r1_format", "register",
+    "resolve", "weighted_total",
+]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- Rewards
@@ -322,6 +136,9 @@ def default_config() -> ml_collections.ConfigDict:
             "timeout_s": 60.0,
             "timeout_reward": 0.0,
             "num_workers": 2,
+            # A trained reward model's run, listed in `functions` as "reward_model" (online RL
+            # loads it on the mesh: align_jax/training/reward_model.py); "" for none.
+            "reward_model": "",
         }
     )
 

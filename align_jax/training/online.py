@@ -192,10 +192,15 @@ class RolloutSource:
         t1 = time.perf_counter()
         texts, lengths, has_eos = decode_completions(out, self.tokenizer)
         index = out["prompt_index"]
+        rows = training_rows(
+            [prompts[j]["prompt_ids"] for j in index], out["tokens"], out["mask"],
+            out["logprobs"], width=self.width, pad_id=self.tokenizer.pad_id,
+        )  # fmt: skip
         rewards_bf, reward_metrics = self.rewards(
             [prompts[j]["prompt"] for j in index],
             texts,
             _fields([prompts[j]["fields"] for j in index]),
+            tokens=rows,
         )
         total = weighted_total(rewards_bf, self.rewards.weights)
         buffer = self.config.objective.overlong_buffer
@@ -209,13 +214,11 @@ class RolloutSource:
         t2 = time.perf_counter()
         groups = []
         for j, prompt in enumerate(prompts):
-            rows = slice(j * self.group, (j + 1) * self.group)
+            part = slice(j * self.group, (j + 1) * self.group)
             groups.append({
-                "prompt": prompt,
-                "tokens": out["tokens"][rows], "mask": out["mask"][rows],
-                "logprobs": out["logprobs"][rows], "lengths": lengths[rows],
-                "has_eos": has_eos[rows], "texts": texts[rows],
-                "rewards": rewards_bf[rows], "total": total[rows].astype(np.float32),
+                "prompt": prompt, "rows": {k: v[part] for k, v in rows.items()},
+                "lengths": lengths[part], "has_eos": has_eos[part], "texts": texts[part],
+                "rewards": rewards_bf[part], "total": total[part].astype(np.float32),
             })  # fmt: skip
         info = {
             "time/sampling": t1 - t0,
@@ -226,15 +229,11 @@ class RolloutSource:
         return groups, info
 
     def _rows(self, groups: list[dict]) -> dict:
-        cat = lambda key: np.concatenate([g[key] for g in groups])  # noqa: E731
-        rows = training_rows(
-            [g["prompt"]["prompt_ids"] for g in groups for _ in range(self.group)],
-            cat("tokens"), cat("mask"), cat("logprobs"),
-            width=self.width, pad_id=self.tokenizer.pad_id,
-        )  # fmt: skip
-        rows["rewards"] = cat("total").astype(np.float32)
-        rows["has_eos"] = cat("has_eos").astype(np.int32)
-        return rows
+        cat = lambda get: np.concatenate([get(g) for g in groups])  # noqa: E731
+        batch = {k: cat(lambda g, k=k: g["rows"][k]) for k in groups[0]["rows"]}
+        batch["rewards"] = cat(lambda g: g["total"]).astype(np.float32)
+        batch["has_eos"] = cat(lambda g: g["has_eos"]).astype(np.int32)
+        return batch
 
     def _group_metrics(self, groups: list[dict]) -> dict:
         rewards = np.concatenate([g["rewards"] for g in groups])
@@ -290,9 +289,13 @@ class RolloutSource:
             )  # fmt: skip
             texts, n_tok, _ = decode_completions(out, self.tokenizer)
             index = out["prompt_index"]
+            rows = training_rows(
+                [prompts[j]["prompt_ids"] for j in index], out["tokens"], out["mask"],
+                out["logprobs"], width=self.width, pad_id=self.tokenizer.pad_id,
+            )  # fmt: skip
             rewards_bf, _ = self.rewards(
                 [prompts[j]["prompt"] for j in index], texts,
-                _fields([prompts[j]["fields"] for j in index]),
+                _fields([prompts[j]["fields"] for j in index]), tokens=rows,
             )  # fmt: skip
             total = weighted_total(rewards_bf, self.rewards.weights)
             for j, prompt in enumerate(prompts):

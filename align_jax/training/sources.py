@@ -29,6 +29,7 @@ from align_jax.data import prompts as prompts_data
 from align_jax.data import sft as sft_data
 from align_jax.data import unpaired as unpaired_data
 from align_jax.rollout import Rewards
+from align_jax.training import reward_model
 from align_jax.training.online import RolloutSource
 
 log = logging.getLogger("align_jax")
@@ -94,7 +95,8 @@ def make_source(config, objective, data, tokenizer, sources, ref_tables, graphde
                 workdir):  # fmt: skip
     """The run's batch source: rollouts for online objectives, else the data iterator."""
     if objective.online:
-        rewards = Rewards.from_config(config.rewards, where="config.rewards")
+        extra = reward_model.load_reward(config.rewards, config.data.tokenizer, mesh)
+        rewards = Rewards.from_config(config.rewards, extra=extra, where="config.rewards")
         return RolloutSource(
             config, objective, graphdef, tokenizer, mesh, rules, workdir, sources, rewards
         )

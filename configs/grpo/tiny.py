@@ -11,6 +11,11 @@ configs/__init__.py puts experiments/ on the path). 8 completions per prompt, Dr
 unscaled advantages, DAPO's token-level loss, no reference model (beta = 0).
 `--config.objective.loss_type=grpo`, `advantage_estimator=rloo`, `policy_loss=cispo`, ...
 swap the variant with no other change. `:data_dir` picks another data folder.
+
+Measured from configs/sft/tiny.py's model (held-out accuracy 0.69, 100 questions × 4
+samples): 150 steps (~3 min on 2 CPU cores) take the training reward from 0.70 to 0.90 and
+the held-out one only to 0.73: each question is one arithmetic fact, and RL moves facts one
+at a time.
 """
 
 from align_jax.config import model_config
@@ -21,10 +26,10 @@ from configs import data_files
 def get_config(arg: str | None = None):
     c = config_for("grpo")
     c.objective.update(num_generations=8, loss_type="dapo", scale_rewards="group")
-    c.update(total_steps=40, log_every=5, eval_every=20, checkpoint_every=20)
+    c.update(total_steps=150, log_every=10, eval_every=75, checkpoint_every=75, eval_at_start=True)
     c.model = model_config("tiny")
-    c.optimizer.update(learning_rate=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0)
-    c.data.update(batch_size=8, max_prompt_len=24, **data_files(arg, "rl_"))
+    c.optimizer.update(learning_rate=1e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
+    c.data.update(batch_size=16, max_prompt_len=24, **data_files(arg, "rl_"))
     c.rollout.update(max_new_tokens=16, temperature=1.0, eval_num_samples=4,
                      log_samples_every=10)  # fmt: skip
     c.rewards.update(functions="tiny_corpus.answer_reward", num_workers=1, timeout_s=30.0)

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from tiny_runs import checkpoint_steps, read_metrics, read_params, stage_config
 
+from align_jax.data.records import encode_completion
+from align_jax.data.tokenizer import Tokenizer
 from align_jax.rollout import RewardError
 from align_jax.training import loop
+from align_jax.training.reward_model import RewardScorer
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +135,7 @@ def test_grpo_raises_the_held_out_reward(sft_run, tmp_path):
     cfg = grpo_config(
         sft_run, total_steps=20, eval_every=20, eval_at_start=True, eval_steps=2,
         checkpoint_every=20,
-        **{"optimizer.learning_rate": 1e-4, "rewards.functions": "length",
+        **{"optimizer.learning_rate": 1e-4, "data.batch_size": 8, "rewards.functions": "length",
            "rewards.length_target": 0, "rewards.length_limit": 60},
     )  # fmt: skip
     loop.train(cfg, str(tmp_path / "run"))
@@ -149,7 +152,7 @@ def test_r1_zero_from_the_pretrained_model(sft_run, tmp_path):
     cfg = grpo_config(
         sft_run, "grpo/r1_zero_tiny.py", init_from=sft_run.pretrain, total_steps=3,
         eval_every=3, eval_steps=1, checkpoint_every=3,
-        **{"rollout.log_samples_every": 3},
+        **{"rollout.log_samples_every": 3, "data.batch_size": 8},
     )  # fmt: skip
     loop.train(cfg, str(tmp_path / "run"))
     records = read_metrics(tmp_path / "run")
@@ -161,3 +164,75 @@ def test_r1_zero_from_the_pretrained_model(sft_run, tmp_path):
     samples = [json.loads(line) for line in open(tmp_path / "run" / "samples.jsonl")]
     assert samples and all(set(s["rewards"]) == {"r1_format", "answer_match"} for s in samples)
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "3")
+
+
+def test_a_reward_model_is_a_reward_scoring_the_policys_token_ids(sft_run, tmp_path):
+    """configs/reward/tiny.py trained briefly from the SFT model, then used as GRPO's reward:
+    it scores the rollout rows' token ids on the mesh, and those scores are what the
+    same reward model gives the same rows through `RewardScorer.score_rows`, and the text
+    path gives canonically encoded text."""
+    rm_dir = tmp_path / "rm"
+    rm = stage_config(
+        "reward/tiny.py", sft_run.data, init_from=str(sft_run.sft), total_steps=2,
+        log_every=1, eval_every=0, checkpoint_every=2,
+    )  # fmt: skip
+    loop.train(rm, str(rm_dir))
+    scorer = RewardScorer.load(str(rm_dir))
+    tokenizer = Tokenizer.load(rm.data.tokenizer)
+    # Token path == text path on rows encoded as the reward model was trained.
+    prompts = ["what is two plus three? ", "what is ten minus four? "]
+    completions = ["two plus three is five.", "ten minus four is nine."]
+    rows = np.zeros((2, 32), np.int32)
+    segments = np.zeros((2, 32), np.int32)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids, _ = encode_completion(p, c, tokenizer, rm.data)
+        rows[i, : len(ids)], segments[i, : len(ids)] = ids, 1
+    np.testing.assert_allclose(
+        scorer.score_rows(rows, segments), scorer.score(prompts, completions), rtol=1e-5
+    )
+
+    cfg = grpo_config(
+        sft_run, total_steps=2, checkpoint_every=2, **{"data.batch_size": 4,
+        "objective.num_generations": 2, "rewards.functions": "reward_model",
+        "rewards.reward_model": str(rm_dir), "rollout.log_samples_every": 1,
+        "rollout.log_samples": 4},
+    )  # fmt: skip
+    loop.train(cfg, str(tmp_path / "run"))
+    records = run_records(tmp_path / "run")
+    samples = [json.loads(line) for line in open(tmp_path / "run" / "samples.jsonl")]
+    logged = np.array([v for s in samples if s["step"] == 1 for v in s["rewards"]["reward_model"]])
+    assert np.isfinite(logged).all() and logged.std() > 0
+    assert records[1]["reward/reward_model"] == pytest.approx(logged.mean(), rel=1e-5)
+    # Re-scored as text (bos + prompt + completion + eos): the same where the completion
+    # ended with eos and re-encodes to the sampled tokens; close everywhere else.
+    texts = [(s["prompt"], c) for s in samples if s["step"] == 1 for c in s["completions"]]
+    rescored = scorer.score([p for p, _ in texts], [c for _, c in texts])
+    assert np.mean(np.abs(rescored - logged) < 1e-4) >= 0.5
+
+
+def test_grpo_with_lora_samples_the_adapted_policy_and_saves_only_adapters(sft_run, tmp_path):
+    """LoRA over the SFT model: the sampler runs base ∪ adapters (the trainer's log-probs of
+    the samples match the sampler's to float rounding at every step, after the adapters
+    have moved), and the checkpoint holds the adapters only."""
+    cfg = grpo_config(
+        sft_run, total_steps=3, checkpoint_every=3,
+        **{"data.batch_size": 4, "objective.num_generations": 2, "rollout.max_new_tokens": 8,
+           "model.lora.rank": 4, "optimizer.learning_rate": 1e-2,
+           "rewards.functions": "length", "rewards.length_target": 0},
+    )  # fmt: skip
+    loop.train(cfg, str(tmp_path / "run"))
+    records = run_records(tmp_path / "run")
+    assert sorted(records) == [1, 2, 3]
+    assert all(r["mismatch/abs_logp_diff_max"] < 1e-4 for r in records.values())
+    assert all(r["update_norm"] > 0 for r in records.values())
+    names = jax.tree_util.tree_flatten_with_path(read_params(tmp_path / "run", 3))[0]
+    assert names and all("lora" in jax.tree_util.keystr(path) for path, _ in names)
+
+
+def test_reward_model_config_errors(sft_run, tmp_path):
+    listed = grpo_config(sft_run, total_steps=1, **{"rewards.functions": "reward_model"})
+    with pytest.raises(ValueError, match="set config.rewards.reward_model"):
+        loop.train(listed, str(tmp_path / "a"))
+    unlisted = grpo_config(sft_run, total_steps=1, **{"rewards.reward_model": str(sft_run.sft)})
+    with pytest.raises(ValueError, match="does not list 'reward_model'"):
+        loop.train(unlisted, str(tmp_path / "b"))

@@ -2,6 +2,7 @@
 each stage starting from the previous one's checkpoint; then the scoring API and CLI."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def test_pretrain_sft_reward_chain(sft_run, tmp_path):
     # pretrain (2x2x2 mesh) -> SFT (1x8x1): the session's chain (tests/conftest.py).
     data, runs = sft_run.data, tmp_path / "runs"
     sft_metrics = records(sft_run.sft)
-    # Starts from the pretrained model (not from scratch) and learns the task.
-    assert sft_metrics[0]["loss"] < 4.0
+    # Starts from the pretrained model, not from scratch (a fresh model's loss is about
+    # ln 512 = 6.24), and learns the task.
+    assert sft_metrics[0]["loss"] < 0.75 * math.log(512)
     sft_eval = [r for r in sft_metrics if "eval_loss" in r][-1]
     assert sft_eval["eval_token_accuracy"] > 0.6
 
