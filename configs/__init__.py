@@ -10,10 +10,10 @@ The convention every file keeps:
   holds that objective's keys only, and returns the config unlocked.
 - `arg` is the local data directory, laid out as `experiments/tiny_corpus.py` and
   `experiments/tiny_tasks.py` write it (`tok.model`, `train.jsonl`, `sft_*.jsonl`,
-  `pairs_*.jsonl`, `lists_*.jsonl`, `unpaired_*.jsonl`). The tiny configs read `data/tiny`
-  without one. The 8B configs without one are the pod recipe (data named with
-  `--config.data.train_files=...`); with one, the same recipe shrunk to run on a CPU against
-  that directory.
+  `pairs_*.jsonl`, `lists_*.jsonl`, `unpaired_*.jsonl`, `rl_*.jsonl`, `r1_*.jsonl`). The
+  tiny configs read `data/tiny` without one. The 8B configs without one are the pod recipe
+  (data named with `--config.data.train_files=...`); with one, the same recipe shrunk to run
+  on a CPU against that directory.
 - A variant imports the config it derives from and changes what differs:
   `from configs.dpo.tiny import get_config as dpo_tiny`, then `c = dpo_tiny(arg)`.
 """

@@ -31,9 +31,9 @@ def prepare_data(data_dir: str, vocab_size: int) -> None:
     if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
         paths = write_corpus(data_dir, n_train=4000, n_eval=200, seed=0)
         print(f"corpus: {paths['train']} and {paths['eval']}")
-    if not os.path.exists(os.path.join(data_dir, "unpaired_train.jsonl")):
+    if not os.path.exists(os.path.join(data_dir, "r1_eval.jsonl")):  # the last file written
         write_tasks(data_dir, n_train=2000, n_eval=200, seed=0)
-        print(f"tasks: {data_dir}/sft_*.jsonl and {data_dir}/pairs_*.jsonl")
+        print(f"tasks: {data_dir}/{{sft,pairs,lists,unpaired,rl,r1}}_*.jsonl")
     if not os.path.exists(os.path.join(data_dir, "tok.model")):
         from align_jax.data.tokenizer import train_tokenizer
 

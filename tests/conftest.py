@@ -70,7 +70,7 @@ def devices():
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> pathlib.Path:
     """The tiny corpus (600 train / 40 eval documents), 64 / 16 records of every task kind
-    (sft, pairs, lists, unpaired) and a tokenizer of `tiny_runs.VOCAB` pieces."""
+    (sft, pairs, lists, unpaired, rl, r1) and a tokenizer of `tiny_runs.VOCAB` pieces."""
     import tiny_runs
     from tiny_corpus import write_corpus
     from tiny_tasks import write_tasks

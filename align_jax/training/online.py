@@ -323,14 +323,17 @@ class RolloutSource:
 
 def decode_completions(out: dict, tokenizer) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(texts without the eos, lengths in tokens with it, whether each ended with eos) of
-    the sampler's output `out`."""
+    the sampler's output `out`. Ids past the tokenizer's vocabulary (a model whose
+    vocabulary is padded beyond it can sample them) have no text and are left out."""
     lengths = out["mask"].astype(bool).sum(axis=1)
     tokens = out["tokens"]
     has_eos = np.array(
         [n > 0 and tokens[i, n - 1] == tokenizer.eos_id for i, n in enumerate(lengths)]
     )
-    texts = [tokenizer.decode(tokens[i, : n - int(e)].tolist()) for i, (n, e) in
-             enumerate(zip(lengths, has_eos, strict=True))]  # fmt: skip
+    texts = []
+    for i, (n, eos) in enumerate(zip(lengths, has_eos, strict=True)):
+        ids = tokens[i, : n - int(eos)]
+        texts.append(tokenizer.decode(ids[ids < tokenizer.vocab_size].tolist()))
     return texts, lengths, has_eos
 
 

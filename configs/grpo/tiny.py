@@ -29,7 +29,7 @@ def get_config(arg: str | None = None):
     c.update(total_steps=150, log_every=10, eval_every=75, checkpoint_every=75, eval_at_start=True)
     c.model = model_config("tiny")
     c.optimizer.update(learning_rate=1e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
-    c.data.update(batch_size=16, max_prompt_len=24, **data_files(arg, "rl_"))
+    c.data.update(batch_size=16, max_prompt_len=16, **data_files(arg, "rl_"))
     c.rollout.update(max_new_tokens=16, temperature=1.0, eval_num_samples=4,
                      log_samples_every=10)  # fmt: skip
     c.rewards.update(functions="tiny_corpus.answer_reward", num_workers=1, timeout_s=30.0)
