@@ -7,15 +7,17 @@
 Prompts are the SFT questions ("what is two plus three? "); the SFT model answers with a
 sentence ("two plus three is five."), and the reward is 1 when its final number word is
 the right answer (`tiny_corpus.answer_reward`, a user function named by dotted path;
-configs/__init__.py puts experiments/ on the path). 8 completions per prompt, Dr. GRPO's
-unscaled advantages, DAPO's token-level loss, no reference model (beta = 0).
+configs/__init__.py puts experiments/ on the path). 8 completions per prompt, group-scaled
+advantages, DAPO's token-level loss and dynamic sampling (groups that all got the same
+reward teach nothing and are replaced, up to 4 rollouts a step), no reference model
+(beta = 0).
 `--config.objective.loss_type=grpo`, `advantage_estimator=rloo`, `policy_loss=cispo`, ...
 swap the variant with no other change. `:data_dir` picks another data folder.
 
-Measured from configs/sft/tiny.py's model (held-out accuracy 0.69, 100 questions × 4
-samples): 150 steps (~3 min on 2 CPU cores) take the training reward from 0.70 to 0.90 and
-the held-out one only to 0.73: each question is one arithmetic fact, and RL moves facts one
-at a time.
+Measured from configs/sft/tiny.py's model on 2 CPU cores (held-out accuracy over 100
+questions × 4 samples, the same draws each time): 0.69 at the start, 0.735 after 75 steps,
+0.76 after 150 (~3 min); pass@4 0.84. Without dynamic sampling the same 150 steps reached
+0.725. Each question is one arithmetic fact, and RL moves facts one at a time.
 """
 
 from align_jax.config import model_config
@@ -25,7 +27,8 @@ from configs import data_files
 
 def get_config(arg: str | None = None):
     c = config_for("grpo")
-    c.objective.update(num_generations=8, loss_type="dapo", scale_rewards="group")
+    c.objective.update(num_generations=8, loss_type="dapo", scale_rewards="group",
+                       dynamic_sampling=True, max_sampling_rounds=4)  # fmt: skip
     c.update(total_steps=150, log_every=10, eval_every=75, checkpoint_every=75, eval_at_start=True)
     c.model = model_config("tiny")
     c.optimizer.update(learning_rate=1e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)

@@ -173,8 +173,12 @@ def run_rl_step(rollout, mesh, frozen=None, **objective):
 
 
 def test_prepared_old_logps_equal_the_samplers(rollout, prepared):
+    """Prepared where later updates read them (μ × minibatches > 1); with one update, its
+    own forward is at the rollout's parameters and nothing is prepared."""
+    assert "old_logps" not in prepared["grpo_group"][0]
+    assert "mismatch/abs_logp_diff_max" not in prepared["grpo_group"][1]
     batch, samples = rollout.batch, rollout.samples
-    old, metrics = prepared["grpo_group"]
+    old, metrics = prepared["updates"]
     mask = samples["mask"] > 0
     got = completion_view(old["old_logps"], batch["completion_mask"], T)
     diff = np.abs(np.where(mask, got - samples["logprobs"], 0.0))

@@ -25,8 +25,9 @@ TIMING = ("time/", "tokens_per_sec", "model_tflops_per_sec", "mfu", "generated_t
 
 
 def grpo_config(chain, name="grpo/tiny.py", init_from=None, **overrides):
+    # One rollout a step unless a test turns dynamic sampling on: fewer programs to run.
     defaults = {"log_every": 1, "eval_every": 0, "rewards.num_workers": 0,
-                "optimizer.schedule": "constant"}  # fmt: skip
+                "optimizer.schedule": "constant", "objective.dynamic_sampling": False}  # fmt: skip
     return stage_config(
         name, chain.data, init_from=str(init_from or chain.sft), **{**defaults, **overrides}
     )
