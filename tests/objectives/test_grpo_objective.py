@@ -284,6 +284,30 @@ def test_advantages_per_estimator(rollout, prepared):
     assert "ref_logps" not in prepared["grpo_group"][0]
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_rollout_correction_weights_the_sampler_mismatch(rollout, level):
+    """A sampler whose log-probs sit d below the trainer's on every token of row i gets
+    truncated importance weights min(e^d, cap) per token, or min(e^(Σ d), cap) per row."""
+    batch = dict(rollout.batch)
+    mask = batch["completion_mask"] > 0
+    offsets = np.linspace(-0.6, 0.9, ROWS).astype(np.float32)  # per row; some rows cap at 2
+    batch["sampler_logps"] = np.where(mask, batch["sampler_logps"] - offsets[:, None], 0.0)
+    cap = 2.0
+    objective = objectives.build(
+        grpo_config(rollout_correction=level, rollout_correction_cap=cap), rollout.graphdef
+    )
+    with parallel.sharding_context(make_mesh(), DEFAULT_RULES):
+        got, metrics = jax.device_get(jax.jit(objective.prepare_fn)(rollout.params, None, batch))
+    per_row = offsets if level == "token" else offsets * mask.sum(axis=1)
+    want = np.where(mask, np.minimum(np.exp(per_row), cap)[:, None], 0.0)
+    np.testing.assert_allclose(got["is_weights"], want, rtol=1e-4, atol=1e-6)
+    assert (want[mask] == cap).any() and (want[mask] < 1).any()
+    # the old log-probs are prepared (the weights read them) and the mismatch is measured
+    assert float(metrics["mismatch/abs_logp_diff_max"]) == pytest.approx(
+        np.abs(offsets[mask.any(axis=1)]).max(), abs=1e-4
+    )
+
+
 def test_mask_truncated_completions_drops_rows_without_eos(rollout, prepared):
     batch = rollout.batch
     mask, has_eos = batch["completion_mask"], batch["has_eos"]

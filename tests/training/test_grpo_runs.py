@@ -115,16 +115,22 @@ def test_a_reward_function_that_raises_stops_the_run_and_keeps_the_checkpoint(
 def test_a_reward_call_that_times_out_gets_the_timeout_reward_and_is_counted(
     sft_run, tmp_path, reward_module
 ):
+    """...and DAPO's overlong penalty adds to it: with the buffer the whole 4 new tokens, a
+    completion of L tokens gets factor · (−L / 4) on top of its reward."""
     cfg = grpo_config(
         sft_run, total_steps=1, checkpoint_every=1,
         **{"data.batch_size": 2, "objective.num_generations": 2, "rollout.max_new_tokens": 4,
-           "rewards.num_workers": 1, "rewards.timeout_s": 0.5, "rewards.timeout_reward": -0.25},
+           "rewards.num_workers": 1, "rewards.timeout_s": 0.5, "rewards.timeout_reward": -0.25,
+           "objective.overlong_buffer": 4, "objective.overlong_penalty_factor": 0.5},
     )  # fmt: skip
     cfg.rewards.functions = f"{reward_module}.slow"
     loop.train(cfg, str(tmp_path / "run"))
     (record,) = run_records(tmp_path / "run").values()
     assert record["reward_timeouts"] == 1.0
-    assert record["reward"] == record["reward/slow"] == -0.25
+    assert record["reward/slow"] == -0.25
+    assert record["completion_length"] > 0
+    want = -0.25 - 0.5 * record["completion_length"] / 4
+    assert record["reward"] == pytest.approx(want, abs=1e-6)
 
 
 def test_grpo_raises_the_held_out_reward(sft_run, tmp_path):
