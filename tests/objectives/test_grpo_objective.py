@@ -457,6 +457,35 @@ def test_beta_prepares_reference_logps_and_kl(rollout):
     assert kls[1] > 0.05  # another initialisation
 
 
+def test_reinforce_pp_folds_the_reference_kl_into_per_token_rewards(rollout):
+    """reward_kl_coef β: r_t = −β (log π_old − log π_ref) on completion tokens, plus the
+    reward at each row's last one; returns-to-go; whitened over all completion tokens
+    (Bessel variance + 1e-8), computed here in numpy from separate forwards."""
+    beta = 0.05
+    cfg = grpo_config(advantage_estimator="reinforce_pp", reward_kl_coef=beta)
+    obj = objectives.build(cfg, rollout.graphdef)
+    assert obj.frozen_models == ("reference",)
+    mesh = make_mesh()
+    batch, graphdef = rollout.batch, rollout.graphdef
+    reference = jax.device_get(init_params(cfg.model, mesh, DEFAULT_RULES, 1)[1])
+    with parallel.sharding_context(mesh, DEFAULT_RULES):
+        out, _ = jax.device_get(
+            jax.jit(obj.prepare_fn)(rollout.params, {"reference": reference}, batch)
+        )
+    mask = batch["completion_mask"] > 0
+    logp = np.where(mask, plain_logps(graphdef, rollout.params, batch), 0.0)
+    ref = np.where(mask, plain_logps(graphdef, reference, batch), 0.0)
+    rewards = np.where(mask, -beta * (logp - ref), 0.0)
+    for i in range(ROWS):
+        if mask[i].any():
+            rewards[i, np.flatnonzero(mask[i])[-1]] += REWARDS[i]
+    returns = np.where(mask, np.cumsum(rewards[:, ::-1], axis=1)[:, ::-1], 0.0)
+    values = returns[mask]
+    want = np.where(mask, (returns - values.mean()) / np.sqrt(values.var(ddof=1) + 1e-8), 0.0)
+    np.testing.assert_allclose(out["advantages"], want, atol=2e-4)
+    assert np.abs(logp - ref)[mask].max() > 0.1  # the KL term is not negligible here
+
+
 # ----------------------------------------------------------------------------- 6. config checks
 
 
