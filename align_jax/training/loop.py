@@ -143,11 +143,11 @@ def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
 def train(config, workdir: str) -> dict:
     """Runs `config` in `workdir`; returns the last logged metrics."""
     os.makedirs(workdir, exist_ok=True)
-    with workdir_lock(workdir), _StopFlag() as stop:
-        return _train(config, workdir, stop)
+    with workdir_lock(workdir), _StopFlag() as stop, contextlib.ExitStack() as cleanup:
+        return _train(config, workdir, stop, cleanup)
 
 
-def _train(config, workdir: str, stop: _StopFlag) -> dict:
+def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack) -> dict:
     mesh = parallel.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding.rules)
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
@@ -179,6 +179,7 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
     source = sources_lib.make_source(
         config, objective, data, tokenizer, sources, ref_tables, graphdef, mesh, rules, workdir
     )
+    cleanup.enter_context(contextlib.closing(source))  # an online source's reward workers
     policy = (lambda p: p) if base is None else (lambda p: lora_training.policy_params(p, frozen))
 
     checkpointer = ckpt.Checkpointer(
@@ -277,7 +278,6 @@ def _train(config, workdir: str, stop: _StopFlag) -> dict:
         finally:
             checkpointer.close()
             writer.close()
-            source.close()
     return last_logged
 
 

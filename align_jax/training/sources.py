@@ -97,9 +97,13 @@ def make_source(config, objective, data, tokenizer, sources, ref_tables, graphde
     if objective.online:
         extra = reward_model.load_reward(config.rewards, config.data.tokenizer, mesh)
         rewards = Rewards.from_config(config.rewards, extra=extra, where="config.rewards")
-        return RolloutSource(
-            config, objective, graphdef, tokenizer, mesh, rules, workdir, sources, rewards
-        )
+        try:
+            return RolloutSource(
+                config, objective, graphdef, tokenizer, mesh, rules, workdir, sources, rewards
+            )
+        except BaseException:
+            rewards.close()  # its worker processes
+            raise
     kwargs = {"ref_table": ref_tables["train"]} if ref_tables else {}
     iterator = data.make_train_iterator(
         config.data, tokenizer, seed=config.seed, source=sources["train"], **kwargs
