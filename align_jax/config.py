@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 100
     c.eval_steps = 0  # 0: the whole eval split
-    c.eval_at_start = False  # also evaluate before the first step of a fresh run (step 0)
+    c.eval_at_start = False  # with eval_every > 0: also evaluate a fresh run's start (step 0)
     c.checkpoint_every = 200
     c.keep_checkpoints = 3
     c.async_checkpointing = True

@@ -239,7 +239,7 @@ def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack)
             throughput.reset()
 
         try:
-            if config.eval_at_start and start == 0:
+            if config.eval_every and config.eval_at_start and start == 0:
                 run_eval(0)
             while step < config.total_steps:
                 # The live parameters, before the step donates them: an online source

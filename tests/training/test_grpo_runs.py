@@ -166,7 +166,9 @@ def test_r1_zero_from_the_pretrained_model(sft_run, tmp_path):
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all("reward/r1_format" in r and "reward/answer_match" in r for r in train)
-    (evaluation,) = [r for r in records if "eval_reward" in r]
+    evals = {r["step"]: r for r in records if "eval_reward" in r}
+    assert sorted(evals) == [0, 3]  # the config evaluates the starting model too
+    evaluation = evals[3]
     assert {"eval_pass_at_1", "eval_pass_at_4", "eval_reward/r1_format"} <= set(evaluation)
     samples = [json.loads(line) for line in open(tmp_path / "run" / "samples.jsonl")]
     assert samples and all(set(s["rewards"]) == {"r1_format", "answer_match"} for s in samples)
