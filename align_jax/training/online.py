@@ -190,18 +190,7 @@ class RolloutSource:
             prompt_len=self.prompt_len,
         )  # fmt: skip
         t1 = time.perf_counter()
-        texts, lengths, has_eos = decode_completions(out, self.tokenizer)
-        index = out["prompt_index"]
-        rows = training_rows(
-            [prompts[j]["prompt_ids"] for j in index], out["tokens"], out["mask"],
-            out["logprobs"], width=self.width, pad_id=self.tokenizer.pad_id,
-        )  # fmt: skip
-        rewards_bf, reward_metrics = self.rewards(
-            [prompts[j]["prompt"] for j in index],
-            texts,
-            _fields([prompts[j]["fields"] for j in index]),
-            tokens=rows,
-        )
+        texts, lengths, has_eos, rows, rewards_bf, reward_metrics = self._score(prompts, out)
         total = weighted_total(rewards_bf, self.rewards.weights)
         buffer = self.config.objective.overlong_buffer
         if buffer:
@@ -228,6 +217,24 @@ class RolloutSource:
         }
         return groups, info
 
+    def _score(self, prompts: list[dict], out: dict):
+        """(texts, lengths, has_eos, training rows, rewards [N, F], reward metrics) of the
+        sampler's output `out` for `prompts`: the completions decoded, laid out as rows and
+        scored (a reward model reads the rows)."""
+        texts, lengths, has_eos = decode_completions(out, self.tokenizer)
+        index = out["prompt_index"]
+        rows = training_rows(
+            [prompts[j]["prompt_ids"] for j in index], out["tokens"], out["mask"],
+            out["logprobs"], width=self.width, pad_id=self.tokenizer.pad_id,
+        )  # fmt: skip
+        rewards_bf, reward_metrics = self.rewards(
+            [prompts[j]["prompt"] for j in index],
+            texts,
+            _fields([prompts[j]["fields"] for j in index]),
+            tokens=rows,
+        )
+        return texts, lengths, has_eos, rows, rewards_bf, reward_metrics
+
     def _rows(self, groups: list[dict]) -> dict:
         cat = lambda get: np.concatenate([get(g) for g in groups])  # noqa: E731
         batch = {k: cat(lambda g, k=k: g["rows"][k]) for k in groups[0]["rows"]}
@@ -239,14 +246,22 @@ class RolloutSource:
         rewards = np.concatenate([g["rewards"] for g in groups])
         total = np.concatenate([g["total"] for g in groups])
         lengths = np.concatenate([g["lengths"] for g in groups])
-        out = {"reward": float(total.mean())}
-        for f, name in enumerate(self.rewards.names):
-            applies = ~np.isnan(rewards[:, f])
-            out[f"reward/{name}"] = float(rewards[applies, f].mean()) if applies.any() else math.nan
+        out = self._reward_means(rewards, total)
         out["reward_std"] = float(np.mean([np.std(g["total"], ddof=1) for g in groups]))
         out["completion_length"] = float(lengths.mean())
         out["completion_length_max"] = float(lengths.max())
         out["truncated_fraction"] = float(1 - np.concatenate([g["has_eos"] for g in groups]).mean())
+        return out
+
+    def _reward_means(self, rewards_bf: np.ndarray, total: np.ndarray) -> dict:
+        """`reward` (the mean total) and `reward/<name>` (each function's mean over the
+        samples it applies to; NaN if none)."""
+        out = {"reward": float(total.mean())}
+        for f, name in enumerate(self.rewards.names):
+            applies = ~np.isnan(rewards_bf[:, f])
+            out[f"reward/{name}"] = (
+                float(rewards_bf[applies, f].mean()) if applies.any() else math.nan
+            )
         return out
 
     def _log_samples(self, step: int, groups: list[dict]) -> None:
@@ -287,16 +302,7 @@ class RolloutSource:
                 params, [p["prompt_ids"] for p in prompts], sp,
                 seed=sampling_seed(self.config.seed, 0, i, stream=1), prompt_len=self.prompt_len,
             )  # fmt: skip
-            texts, n_tok, _ = decode_completions(out, self.tokenizer)
-            index = out["prompt_index"]
-            rows = training_rows(
-                [prompts[j]["prompt_ids"] for j in index], out["tokens"], out["mask"],
-                out["logprobs"], width=self.width, pad_id=self.tokenizer.pad_id,
-            )  # fmt: skip
-            rewards_bf, _ = self.rewards(
-                [prompts[j]["prompt"] for j in index], texts,
-                _fields([prompts[j]["fields"] for j in index]), tokens=rows,
-            )  # fmt: skip
+            _, n_tok, _, _, rewards_bf, _ = self._score(prompts, out)
             total = weighted_total(rewards_bf, self.rewards.weights)
             for j, prompt in enumerate(prompts):
                 if not prompt["valid"]:
@@ -310,11 +316,7 @@ class RolloutSource:
                 passk.append(pass_at_k(k, passed, k))
         if not totals:
             return {}
-        rewards = np.concatenate(per_fn)
-        out = {"reward": float(np.concatenate(totals).mean())}
-        for f, name in enumerate(self.rewards.names):
-            applies = ~np.isnan(rewards[:, f])
-            out[f"reward/{name}"] = float(rewards[applies, f].mean()) if applies.any() else math.nan
+        out = self._reward_means(np.concatenate(per_fn), np.concatenate(totals))
         out["completion_length"] = float(np.concatenate(lengths).mean())
         out["pass_at_1"] = float(np.mean(pass1))
         out[f"pass_at_{k}"] = float(np.mean(passk))

@@ -96,8 +96,7 @@ class RewardScorer:
                 tokens[i, : len(ids)] = ids
                 segments[i, : len(ids)] = 1
             segments[len(chunk) :, 0] = 1  # padding rows: one dummy token, result dropped
-            scores = np.asarray(self._score(self._params, tokens, segments))
-            out.append(scores[: len(chunk)])
+            out.append(self.score_rows(tokens, segments)[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def as_reward(self, policy_tokenizer: str) -> TokenScorer:
