@@ -42,7 +42,7 @@ def flat(config, prefix=""):
 
 def test_every_stage_has_configs():
     stages = {path.split(os.sep)[1] for path in CONFIGS}
-    assert stages == {"pretrain", "sft", "reward", "dpo", "grpo"}
+    assert stages == {"pretrain", "sft", "reward", "dpo", "grpo", "ppo", "online_dpo"}
 
 
 @pytest.mark.parametrize("arg", [None, DATA], ids=["default", "data_dir"])

@@ -26,13 +26,15 @@ from align_jax.objectives import (  # noqa: F401
     grpo,
     kto,
     listwise,
+    online_dpo,
+    ppo,
     pretrain,
     reference_free,
     reward,
 )
-from align_jax.objectives.base import REGISTRY, Objective, register
+from align_jax.objectives.base import REGISTRY, Objective, ValueModel, register
 
-__all__ = ["Objective", "build", "config_for", "defaults", "names", "register"]
+__all__ = ["Objective", "ValueModel", "build", "config_for", "defaults", "names", "register"]
 
 
 def names() -> list[str]:

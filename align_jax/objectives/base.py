@@ -29,6 +29,15 @@ BATCH_TOKENS: dict[str, Callable[[dict], int]] = {
 
 
 @dataclasses.dataclass(frozen=True)
+class ValueModel:
+    """A model trained beside the policy with a scalar head (PPO's value model)."""
+
+    model: Any  # its config.model: the policy's architecture with head="scalar"
+    init_from: str  # a run (reward model, SFT model) or Hugging Face dir its parameters start from
+    learning_rate: float  # its optimizer is config.optimizer with this learning rate
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
     name: str
     loss_fn: LossFn
@@ -40,13 +49,22 @@ class Objective:
     frozen_models: tuple[str, ...] = ()
     # (ref_params, batch) -> per-example reference log-probs, for precomputing them once.
     reference_logps_fn: Callable | None = None
-    # Online objectives (batch_kind "rollouts"): `prepare_fn(params, frozen, batch) ->
-    # (batch, metrics)` runs once per rollout batch without gradient (old and reference
-    # log-probs, advantages); then `updates_per_step` optimizer updates, over
-    # `num_minibatches` minibatches per pass (align_jax/training/rl_step.py).
+    # Online objectives (batch_kind "rollouts"): `prepare_fn(params, frozen, batch,
+    # objective_state) -> (batch, metrics, objective_state)` runs once per rollout batch
+    # without gradient (old and reference log-probs, advantages); then `updates_per_step`
+    # optimizer updates, over `num_minibatches` minibatches per pass
+    # (align_jax/training/rl_step.py).
     prepare_fn: Callable | None = None
     updates_per_step: int = 1
     num_minibatches: int = 1
+    # State of the objective's own that is not a trained parameter (PPO's adaptive KL
+    # coefficient): `initial_state() -> {name: scalar array}`. It lives in the train state as
+    # `state["objective"]`, is checkpointed with it, and only `prepare_fn` changes it.
+    initial_state: Callable[[], dict] | None = None
+    # A value model trained beside the policy (PPO). The trained parameters are then
+    # `{"policy": ..., "value": ...}`, each with its own optimizer state, and the loss reads
+    # both (the loop sets them up: align_jax/training/init.py).
+    value_model: ValueModel | None = None
 
     @property
     def needs_reference(self) -> bool:

@@ -1,11 +1,13 @@
-"""What the preference objectives share: a batch's pairs as model rows, pair metrics, and
-the KL-to-reference metric."""
+"""What objectives share: a batch's pairs as model rows, pair metrics, the KL-to-reference
+metric, and the log-probs and entropy of online rollout rows."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from align_jax.losses import token_kl
+from align_jax.losses import token_kl, token_logprobs
+from align_jax.models import apply_model
 
 
 def pair_rows(batch: dict, fields=("tokens", "segment_ids", "mask")):
@@ -45,3 +47,20 @@ def reference_keys() -> dict:
         "reference_from": "",  # "" = config.init_from
         "precompute_ref_logps": False,  # one pass before training, cached in the workdir
     }
+
+
+def policy_token_logps(graphdef, params, batch, temperature: float):
+    """(log-probs [N, W-1] of each rollout row's next tokens under softmax(logits / T), the
+    logits): rows with explicit positions (align_jax/rollout/rows.py)."""
+    tokens = batch["tokens"]
+    logits = apply_model(
+        graphdef, params, tokens[:, :-1], batch["positions"][:, :-1], batch["segment_ids"][:, :-1]
+    )
+    return token_logprobs(logits, tokens[:, 1:], temperature=temperature), logits
+
+
+def token_entropy(logits, temperature: float):
+    """Entropy of softmax(logits / T) at each position [N, W-1], no gradient."""
+    z = jax.lax.stop_gradient(logits.astype(jnp.float32)) / temperature
+    logp = jax.nn.log_softmax(z, axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)

@@ -65,7 +65,7 @@ def parse_loss_types(objective_cfg) -> tuple[tuple[str, ...], tuple[float, ...]]
     if bad or not types:
         raise ValueError(
             f"config.objective.loss_type '{objective_cfg.loss_type}' is not valid for objective "
-            f"'dpo'; valid loss types (comma-join several): {list(_TYPES)}"
+            f"'{objective_cfg.name}'; valid loss types (comma-join several): {list(_TYPES)}"
         )
     weights = objective_cfg.loss_weights
     if not weights:

@@ -57,10 +57,9 @@ from align_jax.losses import (
     rloo_advantages,
     rollout_correction_weights,
     sampler_mismatch,
-    token_logprobs,
 )
-from align_jax.models import apply_model
 from align_jax.objectives.base import Objective, register
+from align_jax.objectives.common import policy_token_logps, token_entropy
 from align_jax.rollout.rewards import default_config as rewards_config
 
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
@@ -174,22 +173,6 @@ def needs_reference(objective_cfg) -> bool:
     return bool(objective_cfg.beta) or bool(objective_cfg.reward_kl_coef)
 
 
-def _policy_logps(graphdef, params, batch, temperature: float):
-    """(log-probs of each row's next tokens [N, W-1] at `temperature`, the logits)."""
-    tokens = batch["tokens"]
-    logits = apply_model(
-        graphdef, params, tokens[:, :-1], batch["positions"][:, :-1], batch["segment_ids"][:, :-1]
-    )
-    return token_logprobs(logits, tokens[:, 1:], temperature=temperature), logits
-
-
-def _entropy(logits, temperature: float):
-    """Entropy of softmax(logits / T) at each position [N, W-1], no gradient."""
-    z = jax.lax.stop_gradient(logits.astype(jnp.float32)) / temperature
-    logp = jax.nn.log_softmax(z, axis=-1)
-    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
 def _mismatch_sums(logps, sampler_logps, mask):
     """`sampler_mismatch`'s metrics as (sum, count) pairs of one micro-batch; the max is the
     micro-batch's (averaged over micro-batches under gradient accumulation)."""
@@ -234,15 +217,15 @@ def build_grpo(config, graphdef) -> Objective:
             return reinforce_pp_baseline_advantages(rewards_b, mask_bt, group_size=group, **kwargs)
         return jnp.broadcast_to(adv[:, None], mask_bt.shape) * mask_bt
 
-    def prepare_fn(params, frozen, batch):
+    def prepare_fn(params, frozen, batch, objective_state):
         mask = batch["completion_mask"]
         old_logps = None
         if separate_old:
-            old_logps, _ = _policy_logps(graphdef, params, batch, temperature)
+            old_logps, _ = policy_token_logps(graphdef, params, batch, temperature)
             old_logps = jnp.where(mask > 0, old_logps, 0.0)
         ref_logps = None
         if with_reference:
-            ref_logps, _ = _policy_logps(graphdef, frozen["reference"], batch, temperature)
+            ref_logps, _ = policy_token_logps(graphdef, frozen["reference"], batch, temperature)
             ref_logps = jnp.where(mask > 0, ref_logps, 0.0)
         out = dict(batch)
         if old_logps is not None:
@@ -268,12 +251,12 @@ def build_grpo(config, graphdef) -> Objective:
         metrics["advantage_abs_mean"] = jnp.sum(jnp.abs(out["advantages"]) * mask) / jnp.maximum(
             jnp.sum(mask), 1
         )
-        return out, metrics
+        return out, metrics, objective_state
 
     def loss_fn(params, frozen, batch, rng):
         del frozen, rng
         mask = batch["loss_mask"]
-        logps, logits = _policy_logps(graphdef, params, batch, temperature)
+        logps, logits = policy_token_logps(graphdef, params, batch, temperature)
         numerator, denominator, metrics = grpo_loss(
             logps,
             batch["old_logps"] if off_policy else None,
@@ -293,7 +276,7 @@ def build_grpo(config, graphdef) -> Objective:
             rollout_sequences=batch["rollout_sequences"][0],
         )
         tokens = batch["completion_mask"].astype(jnp.float32)
-        metrics["entropy"] = (jnp.sum(_entropy(logits, temperature) * tokens), jnp.sum(tokens))
+        metrics["entropy"] = (jnp.sum(token_entropy(logits, temperature) * tokens), jnp.sum(tokens))
         if not separate_old:  # this forward is at the rollout's parameters
             metrics.update(_mismatch_sums(logps, batch["sampler_logps"], tokens))
         return numerator, (denominator, metrics)

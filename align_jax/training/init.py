@@ -5,7 +5,9 @@ optimizer state, data position; the RNG follows from the step). Otherwise the pa
 initialised from `config.seed`, then taken from `config.init_from` where it has them: a new
 head (a reward model's score head on an SFT backbone) keeps its fresh values, and the log
 names what was added and what went unused. A LoRA run starts fresh adapters (and heads)
-over its base.
+over its base. With a value model (PPO) the trained parameters are `{"policy", "value"}`;
+the value model starts from `ValueModel.init_from` the same way: a reward model's scalar
+head is restored, an SFT model's LM head goes unused and a new scalar head is initialised.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 
 from align_jax import loading, models
 from align_jax.checkpoint import Checkpointer, DamagedCheckpoint, abstract_like
+from align_jax.objectives import ValueModel
 from align_jax.training import lora as lora_training
 from align_jax.training import step as step_lib
 from align_jax.training.errors import TrainingError
@@ -23,15 +26,29 @@ log = logging.getLogger("align_jax")
 
 def resume_or_init(
     config, checkpointer: Checkpointer, tx, shapes, shardings, state_shardings, train_iter,
-    mesh, rules, *, lora: bool,
+    mesh, rules, *, lora: bool, value_model: ValueModel | None = None,
+    objective_state: dict | None = None,
 ) -> tuple[dict, int]:  # fmt: skip
     """(train state, its step): the latest checkpoint's (`train_iter` restored in place),
-    or step 0's. `shapes`, `shardings`: the trained parameters' (a LoRA run's adapters)."""
+    or step 0's. `shapes`, `shardings`: the trained parameters' (a LoRA run's adapters;
+    `{"policy", "value"}` with a `value_model`); `objective_state`: the objective's
+    initial state, if it has one."""
     if checkpointer.all_steps():
-        abstract = abstract_like(step_lib.abstract_state(tx, shapes), state_shardings)
+        abstract = step_lib.abstract_state(tx, shapes, objective_state)
+        abstract = abstract_like(abstract, state_shardings)
         return _restore_newest_readable(checkpointer, abstract, train_iter)
-    params = initial_params(config, shapes, shardings, mesh, rules, lora=lora)
-    return step_lib.init_state(tx, params, state_shardings), 0
+    if value_model is None:
+        params = initial_params(config, shapes, shardings, mesh, rules, lora=lora)
+    else:
+        params = {
+            "policy": initial_params(
+                config, shapes["policy"], shardings["policy"], mesh, rules, lora=lora
+            ),
+            "value": initial_value_params(
+                config, value_model, shapes["value"], shardings["value"], mesh, rules
+            ),
+        }
+    return step_lib.init_state(tx, params, state_shardings, objective_state), 0
 
 
 def _restore_newest_readable(checkpointer: Checkpointer, abstract, train_iter):
@@ -72,13 +89,24 @@ def initial_params(config, shapes, shardings, mesh, rules, *, lora: bool) -> dic
     return params
 
 
-def load_init_from(path: str, shapes, shardings, *, fresh: dict) -> dict:
-    """`path`'s parameters, new heads from `fresh`; logs what was added and what went unused."""
+def initial_value_params(config, value_model: ValueModel, shapes, shardings, mesh, rules):
+    """Step 0's value-model parameters: `value_model.init_from`'s, a new scalar head (seeded
+    from `config.seed + 1`) where it has none."""
+    _, fresh, _ = models.init_params(value_model.model, mesh, rules, config.seed + 1)
+    if not value_model.init_from:
+        log.info("value model initialised from config.seed (no reward model or init_from)")
+        return fresh
+    return load_init_from(value_model.init_from, shapes, shardings, fresh=fresh, what="value model")
+
+
+def load_init_from(path: str, shapes, shardings, *, fresh: dict, what: str = "parameters") -> dict:
+    """`path`'s parameters, new heads from `fresh`; logs what was added and what went unused
+    (`what`: the model's name in those lines)."""
     params = loading.load_params(path, shapes, shardings, fresh=fresh)
     added, unused = loading.checkpoint_diff(path, shapes)
-    log.info("initialised parameters from %s", path)
+    log.info("initialised %s from %s", what, path)
     if added:
-        log.info("newly initialised (not in the checkpoint): %s", ", ".join(added))
+        log.info("%s: newly initialised (not in the checkpoint): %s", what, ", ".join(added))
     if unused:
-        log.info("checkpoint parameters not used: %s", ", ".join(unused))
+        log.info("%s: checkpoint parameters not used: %s", what, ", ".join(unused))
     return params

@@ -37,7 +37,7 @@ from align_jax.training import reference
 from align_jax.training import sources as sources_lib
 from align_jax.training import step as step_lib
 from align_jax.training.errors import Interrupted, TrainingError
-from align_jax.training.optimizer import make_optimizer
+from align_jax.training.optimizer import make_optimizer, per_model
 from align_jax.training.rl_step import RLStep
 
 log = logging.getLogger("align_jax")
@@ -165,22 +165,30 @@ def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack)
             config, param_shapes, param_shardings
         )
         objective = lora_training.wrap_objective(objective, param_shapes)
-    # An online step makes `updates_per_step` optimizer updates: the schedule counts those.
-    tx, schedule = make_optimizer(config.optimizer, config.total_steps * objective.updates_per_step)
-    shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh)
+    policy_shapes, policy_shardings = param_shapes, param_shardings
+    param_shapes, param_shardings, tx, schedule = _trained_models(
+        config, objective, param_shapes, param_shardings, base, mesh, rules
+    )
+    objective_state = objective.initial_state() if objective.initial_state else None
+    shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh, objective_state)
 
     data = sources_lib.DATA_PIPELINES[objective.batch_kind]
     sources = sources_lib.load_sources(config, data, tokenizer)
     frozen, frozen_shardings, ref_tables = _frozen_inputs(
         config, objective, data, tokenizer, mesh, rules, workdir,
-        param_shapes, param_shardings, base, sources,
+        policy_shapes, policy_shardings, base, sources,
     )  # fmt: skip
     table_kwargs = lambda split: {"ref_table": ref_tables[split]} if ref_tables else {}  # noqa: E731
     source = sources_lib.make_source(
         config, objective, data, tokenizer, sources, ref_tables, graphdef, mesh, rules, workdir
     )
     cleanup.enter_context(contextlib.closing(source))  # an online source's reward workers
-    policy = (lambda p: p) if base is None else (lambda p: lora_training.policy_params(p, frozen))
+    if base is not None:
+        policy = lambda p: lora_training.policy_params(p, frozen)  # noqa: E731
+    elif objective.value_model is not None:
+        policy = lambda p: p["policy"]  # noqa: E731
+    else:
+        policy = lambda p: p  # noqa: E731
 
     checkpointer = ckpt.Checkpointer(
         os.path.join(workdir, "checkpoints"),
@@ -193,6 +201,7 @@ def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack)
         state, start = init_lib.resume_or_init(
             config, checkpointer, tx, param_shapes, param_shardings, shardings,
             source.checkpoint_item, mesh, rules, lora=base is not None,
+            value_model=objective.value_model, objective_state=objective_state,
         )  # fmt: skip
         _log_model_size(config, state["params"], base)
 
@@ -288,6 +297,33 @@ def _interrupted(signum: int, step: int, checkpointer) -> Interrupted:
         f"{checkpointer.directory}/{step}; run the same command again to resume",
         signum,
     )
+
+
+def _trained_models(config, objective, param_shapes, param_shardings, base, mesh, rules):
+    """(shapes, shardings, tx, schedule) of the trained parameters: the policy's, or with a
+    value model (PPO) `{"policy", "value"}` with one optimizer each (the value model's at its
+    own learning rate). An online step makes `updates_per_step` optimizer updates: the
+    schedules count those."""
+    total = config.total_steps * objective.updates_per_step
+    tx, schedule = make_optimizer(config.optimizer, total)
+    value = objective.value_model
+    if value is None:
+        return param_shapes, param_shardings, tx, schedule
+    if base is not None:
+        raise TrainingError(
+            f"objective '{objective.name}' trains a value model beside the policy, which "
+            "LoRA does not support yet: set config.model.lora.rank=0"
+        )
+    _, value_shapes, value_axes = models.abstract_params(value.model)
+    value_opt = config.optimizer.copy_and_resolve_references()
+    value_opt.learning_rate = value.learning_rate
+    txs = {"policy": tx, "value": make_optimizer(value_opt, total)[0]}
+    shapes = {"policy": param_shapes, "value": value_shapes}
+    shardings = {
+        "policy": param_shardings,
+        "value": models.param_shardings(value_shapes, value_axes, mesh, rules),
+    }
+    return shapes, shardings, per_model(txs), schedule
 
 
 def _model_config_from_hf(config) -> None:

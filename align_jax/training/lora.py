@@ -118,8 +118,8 @@ def wrap_objective(objective: Objective, trainable_shapes: dict) -> Objective:
     def loss_fn(trainable, frozen, batch, rng):
         return objective.loss_fn(*inner(trainable, frozen), batch, rng)
 
-    def prepare_fn(trainable, frozen, batch):
-        return objective.prepare_fn(*inner(trainable, frozen), batch)
+    def prepare_fn(trainable, frozen, batch, objective_state):
+        return objective.prepare_fn(*inner(trainable, frozen), batch, objective_state)
 
     ref_logps = objective.reference_logps_fn
     return dataclasses.replace(

@@ -76,7 +76,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class RolloutSource:
-    """Online batches for the GRPO family (see the module docstring)."""
+    """Online batches for the GRPO family, PPO and online DPO (see the module docstring)."""
 
     def __init__(self, config, objective, graphdef, tokenizer, mesh, rules, workdir,
                  sources: dict, rewards: Rewards):  # fmt: skip
@@ -145,12 +145,15 @@ class RolloutSource:
 
     def next(self, params, step: int) -> tuple[dict, dict]:
         o = self.config.objective
+        # DAPO's dynamic sampling (GRPO's keys; other online objectives sample one round)
+        dynamic = bool(o.get("dynamic_sampling", False))
+        max_rounds = int(o.get("max_sampling_rounds", 1)) if dynamic else 1
         kept: list[dict] = []
         dropped: list[dict] = []
         metrics = {"time/sampling": 0.0, "time/rewards": 0.0}
         generated = sampled_groups = zero_variance = rounds = 0
         timeouts = 0.0
-        while len(kept) < self.prompts_per_step and rounds < o.max_sampling_rounds:
+        while len(kept) < self.prompts_per_step and rounds < max_rounds:
             prompts = next(self.iterator)
             seed = sampling_seed(self.config.seed, step, rounds)
             rounds += 1
@@ -163,17 +166,18 @@ class RolloutSource:
             for g in groups:
                 flat = np.ptp(g["total"]) == 0
                 zero_variance += int(flat)
-                (dropped if flat and o.dynamic_sampling else kept).append(g)
-            if not o.dynamic_sampling:
+                (dropped if flat and dynamic else kept).append(g)
+            if not dynamic:
                 break
         filled = max(0, self.prompts_per_step - len(kept))
         groups = (kept + dropped[:filled])[: self.prompts_per_step]
         batch = self._rows(groups)
         metrics.update(self._group_metrics(groups))
-        metrics["frac_zero_variance_groups"] = zero_variance / sampled_groups
+        if self.group > 1:
+            metrics["frac_zero_variance_groups"] = zero_variance / sampled_groups
         metrics["reward_timeouts"] = timeouts
         metrics["generated_tokens_per_sec"] = generated / max(metrics["time/sampling"], 1e-9)
-        if o.dynamic_sampling:
+        if dynamic:
             metrics["dynamic_sampling/rounds"] = float(rounds)
             metrics["dynamic_sampling/dropped_groups"] = float(len(dropped))
             metrics["dynamic_sampling/filled_groups"] = float(filled)
@@ -192,7 +196,7 @@ class RolloutSource:
         t1 = time.perf_counter()
         texts, lengths, has_eos, rows, rewards_bf, reward_metrics = self._score(prompts, out)
         total = weighted_total(rewards_bf, self.rewards.weights)
-        buffer = self.config.objective.overlong_buffer
+        buffer = self.config.objective.get("overlong_buffer", 0)
         if buffer:
             penalty = overlong_penalty(
                 lengths, max_length=self.max_new_tokens, cache_length=int(buffer)
@@ -247,7 +251,8 @@ class RolloutSource:
         total = np.concatenate([g["total"] for g in groups])
         lengths = np.concatenate([g["lengths"] for g in groups])
         out = self._reward_means(rewards, total)
-        out["reward_std"] = float(np.mean([np.std(g["total"], ddof=1) for g in groups]))
+        if self.group > 1:
+            out["reward_std"] = float(np.mean([np.std(g["total"], ddof=1) for g in groups]))
         out["completion_length"] = float(lengths.mean())
         out["completion_length_max"] = float(lengths.max())
         out["truncated_fraction"] = float(1 - np.concatenate([g["has_eos"] for g in groups]).mean())

@@ -28,7 +28,7 @@ Conventions shared by every optimizer here:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -211,3 +211,30 @@ def make_optimizer(
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     return tx, schedule
+
+
+class PerModel(NamedTuple):
+    """`per_model`'s transformation: an optax `GradientTransformation` (init, update) that
+    also names its parts (`txs`), so the state's shardings can be found model by model."""
+
+    init: Callable
+    update: Callable
+    txs: dict
+
+
+def per_model(txs: dict[str, optax.GradientTransformation]) -> PerModel:
+    """One transformation over `{name: params}` that runs `txs[name]` on each model's tree,
+    with its own state (and clipping): PPO's policy and value model, one optimizer each."""
+
+    def init(params):
+        return {name: tx.init(params[name]) for name, tx in txs.items()}
+
+    def update(updates, state, params=None):
+        out, new_state = {}, {}
+        for name, tx in txs.items():
+            out[name], new_state[name] = tx.update(
+                updates[name], state[name], None if params is None else params[name]
+            )
+        return out, new_state
+
+    return PerModel(init, update, dict(txs))

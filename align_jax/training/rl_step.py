@@ -5,8 +5,10 @@
 has the train step's signature (align_jax/training/step.py), so the loop runs either. It is
 two jitted programs, timed apart (`time/reference`, `time/update`, seconds):
 
-1. `objective.prepare_fn(params, frozen, batch)` once, without gradient: log-probs at the
-   rollout's parameters, the reference's, advantages (objectives/grpo.py);
+1. `objective.prepare_fn(params, frozen, batch, objective_state)` once, without gradient:
+   log-probs at the rollout's parameters, the reference's, values, advantages
+   (objectives/grpo.py, objectives/ppo.py), and the objective's next state (PPO's adaptive
+   KL coefficient) when it has one;
 2. a `lax.scan` over `num_iterations` passes, each a `lax.scan` over `num_minibatches`
    minibatches of the prepared batch, each minibatch one update of the ordinary train step
    (with its gradient accumulation). It donates the old state, as the train step does.
@@ -73,14 +75,21 @@ class RLStep:
 
     def _compile(self, state, batch, frozen):
         rep = NamedSharding(self._mesh, PartitionSpec())
-        prepared_shapes, _ = jax.eval_shape(
-            self._objective.prepare_fn, state["params"], frozen, batch
+        objective_state = state.get("objective", {})
+        prepared_shapes, _, _ = jax.eval_shape(
+            self._objective.prepare_fn, state["params"], frozen, batch, objective_state
         )
         prepared_sharding = step_lib.batch_shardings(prepared_shapes, self._mesh, self._rules)
+        state_sharding = self._shardings.get("objective", {})
         self._prepare = jax.jit(
             self._objective.prepare_fn,
-            in_shardings=(self._shardings["params"], self._frozen_shardings, self._batch_sharding),
-            out_shardings=(prepared_sharding, rep),
+            in_shardings=(
+                self._shardings["params"],
+                self._frozen_shardings,
+                self._batch_sharding,
+                state_sharding,
+            ),  # fmt: skip
+            out_shardings=(prepared_sharding, rep, state_sharding),
         )
         self._update = step_lib.jit_train_step(
             self._updates, self._shardings, prepared_sharding, self._mesh, self._frozen_shardings
@@ -95,7 +104,11 @@ class RLStep:
         if self._prepare is None:
             self._compile(state, batch, frozen)
         t0 = time.perf_counter()
-        prepared, prepare_metrics = self._prepare(state["params"], frozen, batch)
+        prepared, prepare_metrics, objective_state = self._prepare(
+            state["params"], frozen, batch, state.get("objective", {})
+        )
+        if "objective" in state:
+            state = {**state, "objective": objective_state}
         jax.block_until_ready(prepared)
         t1 = time.perf_counter()
         state, metrics = self._update(state, prepared, rng, frozen)

@@ -1,7 +1,9 @@
 """The pure-functional train and eval steps, and the shardings of the train state.
 
-State is a plain dict `{"step", "params", "opt_state"}`. Frozen models (a reference policy,
-a reward model) travel as a separate argument that the step never updates.
+State is a plain dict `{"step", "params", "opt_state"}`, plus `"objective"` for an objective
+with state of its own (PPO's adaptive KL coefficient: `Objective.initial_state`). Frozen
+models (a reference policy, a reward model) travel as a separate argument that the step
+never updates.
 
     train_step(state, batch, rng, frozen) -> (state, metrics)
 
@@ -22,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from align_jax import parallel
 from align_jax.objectives import Objective
+from align_jax.training.optimizer import PerModel
 
 
 def opt_state_shardings(tx, param_shapes: dict, param_shardings: dict, mesh):
@@ -29,6 +32,11 @@ def opt_state_shardings(tx, param_shapes: dict, param_shardings: dict, mesh):
 
     (Propagating through `jit(tx.init)` would leave `zeros_like` buffers replicated.)
     """
+    if isinstance(tx, PerModel):  # one optimizer per trained model (PPO's policy and value)
+        return {
+            name: opt_state_shardings(part, param_shapes[name], param_shardings[name], mesh)
+            for name, part in tx.txs.items()
+        }
     opt_shapes = jax.eval_shape(tx.init, param_shapes)
     replicated = parallel.replicated(mesh)
 
@@ -45,26 +53,37 @@ def opt_state_shardings(tx, param_shapes: dict, param_shardings: dict, mesh):
     )
 
 
-def state_shardings(tx, param_shapes, param_shardings, mesh) -> dict:
-    return {
+def state_shardings(tx, param_shapes, param_shardings, mesh, objective_state=None) -> dict:
+    """`objective_state`: the objective's initial state (`Objective.initial_state()`), if any;
+    its scalars are replicated."""
+    out = {
         "step": parallel.replicated(mesh),
         "params": param_shardings,
         "opt_state": opt_state_shardings(tx, param_shapes, param_shardings, mesh),
     }
+    if objective_state is not None:
+        out["objective"] = jax.tree.map(lambda _: parallel.replicated(mesh), objective_state)
+    return out
 
 
-def abstract_state(tx, param_shapes: dict) -> dict:
-    return {
+def abstract_state(tx, param_shapes: dict, objective_state=None) -> dict:
+    out = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),
         "params": param_shapes,
         "opt_state": jax.eval_shape(tx.init, param_shapes),
     }
+    if objective_state is not None:
+        out["objective"] = jax.eval_shape(lambda: objective_state)
+    return out
 
 
-def init_state(tx, params, shardings: dict) -> dict:
+def init_state(tx, params, shardings: dict, objective_state=None) -> dict:
     opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])
-    return {"step": step, "params": params, "opt_state": opt_state}
+    out = {"step": step, "params": params, "opt_state": opt_state}
+    if objective_state is not None:
+        out["objective"] = jax.device_put(objective_state, shardings["objective"])
+    return out
 
 
 def batch_shardings(batch_shapes: dict, mesh, rules) -> dict:
@@ -135,7 +154,12 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g * scale, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+        new_state = {
+            **state,
+            "step": state["step"] + 1,
+            "params": new_params,
+            "opt_state": opt_state,
+        }
         out = {k: s / jnp.maximum(c, 1.0) for k, (s, c) in metrics.items()}
         out.update(
             loss=loss_sum * scale,

@@ -140,7 +140,7 @@ def prepared(rollout):
 
     @jax.jit
     def prepare_all(params, batch):
-        return {k: obj.prepare_fn(params, None, batch) for k, obj in built.items()}
+        return {k: obj.prepare_fn(params, None, batch, {})[:2] for k, obj in built.items()}
 
     with parallel.sharding_context(mesh, DEFAULT_RULES):
         return jax.device_get(prepare_all(rollout.params, rollout.batch))
@@ -297,7 +297,8 @@ def test_rollout_correction_weights_the_sampler_mismatch(rollout, level):
         grpo_config(rollout_correction=level, rollout_correction_cap=cap), rollout.graphdef
     )
     with parallel.sharding_context(make_mesh(), DEFAULT_RULES):
-        got, metrics = jax.device_get(jax.jit(objective.prepare_fn)(rollout.params, None, batch))
+        prepare = jax.jit(objective.prepare_fn)
+        got, metrics, _ = jax.device_get(prepare(rollout.params, None, batch, {}))
     per_row = offsets if level == "token" else offsets * mask.sum(axis=1)
     want = np.where(mask, np.minimum(np.exp(per_row), cap)[:, None], 0.0)
     np.testing.assert_allclose(got["is_weights"], want, rtol=1e-4, atol=1e-6)
@@ -429,7 +430,7 @@ def test_beta_prepares_reference_logps_and_kl(rollout):
 
     @jax.jit
     def prepare_and_score(params, frozen, batch):
-        prepared, _ = obj.prepare_fn(params, frozen, batch)
+        prepared, _, _ = obj.prepare_fn(params, frozen, batch, {})
         _, (_, metrics) = obj.loss_fn(params, frozen, prepared, None)
         return prepared, metrics
 
@@ -469,8 +470,8 @@ def test_reinforce_pp_folds_the_reference_kl_into_per_token_rewards(rollout):
     batch, graphdef = rollout.batch, rollout.graphdef
     reference = jax.device_get(init_params(cfg.model, mesh, DEFAULT_RULES, 1)[1])
     with parallel.sharding_context(mesh, DEFAULT_RULES):
-        out, _ = jax.device_get(
-            jax.jit(obj.prepare_fn)(rollout.params, {"reference": reference}, batch)
+        out, _, _ = jax.device_get(
+            jax.jit(obj.prepare_fn)(rollout.params, {"reference": reference}, batch, {})
         )
     mask = batch["completion_mask"] > 0
     logp = np.where(mask, plain_logps(graphdef, rollout.params, batch), 0.0)
