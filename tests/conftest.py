@@ -161,3 +161,21 @@ def sft_run(chain_data, tmp_path_factory) -> Chain:
     )  # fmt: skip
     loop.train(sft, str(runs / "sft"))
     return Chain(chain_data, runs / "pre", runs / "sft")
+
+
+@pytest.fixture(scope="session")
+def reward_run(sft_run, tmp_path_factory) -> pathlib.Path:
+    """configs/reward/tiny.py trained 40 steps from `sft_run` (held-out accuracy 1.0): the
+    reward model PPO and online DPO are judged by, and PPO's value model starts from.
+    Read-only."""
+    import tiny_runs
+
+    from align_jax.training import loop
+
+    workdir = tmp_path_factory.mktemp("reward_run") / "run"
+    cfg = tiny_runs.stage_config(
+        "reward/tiny.py", sft_run.data, init_from=str(sft_run.sft), total_steps=40,
+        log_every=10, eval_every=0, checkpoint_every=40,
+    )  # fmt: skip
+    loop.train(cfg, str(workdir))
+    return workdir

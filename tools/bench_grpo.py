@@ -222,10 +222,13 @@ def make_data(folder: str, vocab_size: int) -> str:
     return out
 
 
-def make_config(name: str, data_dir: str, args, cli, model_fields):
+def make_config(name: str, data_dir: str, args, cli, model_fields, config_file="grpo/tiny.py"):
+    """`configs/<config_file>` (an online objective's) with the benchmark's model shape, data,
+    batch (`args.prompts` × `args.group`), reward and loop settings; tools/bench_ppo.py
+    passes "ppo/tiny.py"."""
     import ml_collections
 
-    config = cli.load_config(os.path.join(ROOT, "configs", "grpo", "tiny.py") + ":" + data_dir)
+    config = cli.load_config(os.path.join(ROOT, "configs", config_file) + ":" + data_dir)
     with config.unlocked():
         config.model = ml_collections.ConfigDict(model_fields(name, "float32"))
         config.data.tokenizer = make_data(data_dir, config.model.vocab_size)

@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
     c.objective.update(loss_type="sigmoid", beta=0.1, num_generations=2)
     c.update(total_steps=60, log_every=10, eval_every=30, checkpoint_every=30, eval_at_start=True)
     c.model = model_config("tiny")
-    c.optimizer.update(learning_rate=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0)
+    c.optimizer.update(learning_rate=2e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
     c.data.update(batch_size=16, max_prompt_len=16, **data_files(arg, "rl_"))
     c.rollout.update(max_new_tokens=16, temperature=1.0, eval_num_samples=4,
                      log_samples_every=10)  # fmt: skip

@@ -128,8 +128,10 @@ def prepare(graphdefs, params, batch, mesh=None, state=None, **objective):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(gamma=1.0, lam=0.95, kl_coef=0.05),
-     dict(gamma=0.9, lam=0.8, kl_coef=0.3, missing_eos_penalty=1.5)],  # fmt: skip
+    [
+        dict(gamma=1.0, lam=0.95, kl_coef=0.05),
+        dict(gamma=0.9, lam=0.8, kl_coef=0.3, missing_eos_penalty=1.5),
+    ],  # fmt: skip
     ids=["trl_defaults", "discounted_with_missing_eos_penalty"],
 )
 def test_prepared_advantages_and_returns_against_numpy(rollout, options):

@@ -175,18 +175,14 @@ def test_r1_zero_from_the_pretrained_model(sft_run, tmp_path):
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "3")
 
 
-def test_a_reward_model_is_a_reward_scoring_the_policys_token_ids(sft_run, tmp_path):
-    """configs/reward/tiny.py trained briefly from the SFT model, then used as GRPO's reward:
-    it scores the rollout rows' token ids on the mesh, and those scores are what the
+def test_a_reward_model_is_a_reward_scoring_the_policys_token_ids(sft_run, reward_run, tmp_path):
+    """The session's reward model (configs/reward/tiny.py from the SFT model) as GRPO's
+    reward: it scores the rollout rows' token ids on the mesh, and those scores are what the
     same reward model gives the same rows through `RewardScorer.score_rows`, and the text
     path gives canonically encoded text."""
-    rm_dir = tmp_path / "rm"
-    rm = stage_config(
-        "reward/tiny.py", sft_run.data, init_from=str(sft_run.sft), total_steps=2,
-        log_every=1, eval_every=0, checkpoint_every=2,
-    )  # fmt: skip
-    loop.train(rm, str(rm_dir))
+    rm_dir = reward_run
     scorer = RewardScorer.load(str(rm_dir))
+    rm = scorer.config
     tokenizer = Tokenizer.load(rm.data.tokenizer)
     # Token path == text path on rows encoded as the reward model was trained.
     prompts = ["what is two plus three? ", "what is ten minus four? "]
