@@ -11,6 +11,11 @@ value model starts from the reward model (its score head restored); the referenc
 SFT model. `--config.objective.adaptive_kl=True` turns on the adaptive controller;
 `--config.rewards.functions=tiny_corpus.answer_reward` (and no reward model) runs PPO
 against the verifiable reward instead. `:data_dir` picks another data folder.
+
+Measured from the tests' tiny SFT and reward models (tests/conftest.py's chain) on 2 CPU
+cores: the reward model's held-out score (100 prompts × 4 samples, the same draws each
+time) 2.40 at the start, 2.92 after 30 steps, 2.98 after 60 (~1.5 min); the KL to the SFT
+model per completion at most ~1 nat, explained variance up to 0.55 by step 50.
 """
 
 from align_jax.config import model_config

@@ -15,6 +15,7 @@ from align_jax.training.optimizer import (
     decay_mask,
     make_optimizer,
     make_schedule,
+    per_model,
 )
 
 
@@ -280,6 +281,32 @@ def test_clipping_scales_update_to_clip_norm():
     np.testing.assert_allclose(
         float(optax.tree.norm(updates)), float(optax.tree.norm(small)), rtol=1e-6
     )
+
+
+def test_per_model_runs_each_optimizer_on_its_own_tree_with_its_own_clipping():
+    """PPO's policy and value model: each tree gets its own AdamW (its learning rate) and its
+    own global-norm clipping, exactly as the optimizer on that tree alone."""
+    policy, value = tiny_params(), jax.tree.map(lambda x: 2.0 * x, tiny_params())
+    cfg_p = opt_config(learning_rate=0.1, warmup_steps=0, schedule="constant", grad_clip_norm=1.0)
+    cfg_v = opt_config(learning_rate=0.01, warmup_steps=0, schedule="constant", grad_clip_norm=1.0)
+    tx_p, tx_v = make_optimizer(cfg_p, 10)[0], make_optimizer(cfg_v, 10)[0]
+    tx = per_model({"policy": tx_p, "value": tx_v})
+    params = {"policy": policy, "value": value}
+    grads = {"policy": jax.tree.map(lambda x: 5.0 * x, policy),
+             "value": jax.tree.map(lambda x: 0.01 * x, value)}  # fmt: skip
+    state = tx.init(params)
+    state_p, state_v = tx_p.init(policy), tx_v.init(value)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        want_p, state_p = tx_p.update(grads["policy"], state_p, policy)
+        want_v, state_v = tx_v.update(grads["value"], state_v, value)
+        for got, want in ((updates["policy"], want_p), (updates["value"], want_v)):
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                np.testing.assert_array_equal(a, b)
+    # the two learning rates differ by 10x, and so do AdamW's updates (about lr each)
+    first_p = float(jnp.abs(want_p["final_norm"]["scale"]).max())
+    first_v = float(jnp.abs(want_v["final_norm"]["scale"]).max())
+    assert first_p > 5 * first_v
 
 
 # ----------------------------------------------------------------------------- errors
