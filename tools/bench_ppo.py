@@ -43,7 +43,55 @@ matmul's peak measured in the same process (`--matmul_n 0` skips it).
 Output: a table per config (rows: the parts; columns: GRPO s, share, PPO s, share), a
 GFLOP/s table, then one JSON line per config, prefixed `RESULT `.
 
-MEASURED
+Measured on this machine (2 CPU cores, jax 0.10.2) with the first command above, defaults:
+GRPO 8 prompts × G 8 against PPO 64 prompts × 1, so 64 rows × 48 slots each (prompts in 16
+slots, 32 new tokens); PPO 1 epoch × 1 minibatch; 5 steps, medians of steps 2-5; each forward
+alone 3 times. A quiet run (other processes < 0.2 cores throughout; 3.5 min wall):
+
+    seconds (share of sum)   GRPO           PPO            GRPO           PPO
+                             tiny (0.52M)                  llama25m (26.1M)
+    sampling                 0.068 (21%)    0.078 (11%)    1.275 (24%)    1.418 (11%)
+    rewards                  0.003  (1%)    0.004  (1%)    0.003  (0%)    0.004  (0%)
+    prepare                  0.001  (0%)    0.164 (23%)    0.000  (0%)    3.060 (25%)
+      policy                     -          0.048  (7%)        -          0.888  (7%)
+      reference                  -          0.051  (7%)        -          1.020  (8%)
+      value                      -          0.057  (8%)        -          0.814  (7%)
+      rest                       -          0.007  (1%)        -          0.339  (3%)
+    update                   0.245 (77%)    0.458 (65%)    3.950 (76%)    7.931 (64%)
+    step                     0.328          0.716          5.190         12.407
+
+    llama25m GFLOP/s: update GRPO 103.5, PPO 93.4; PPO's prepare 125.2; forwards alone
+    policy 153.6, reference 133.7, value 135.9; fp32 2048² matmul 133.3
+
+How to read them. On llama25m a PPO step costs 2.4× a GRPO step (12.4 s against 5.2 s) for
+the same rows and tokens, and all of the difference is in the two jitted passes:
+- the update is 2.0× (7.9 s against 4.0 s): PPO trains two models of the same trunk, and the
+  value model lacks only the LM head's matmul (vocab 8192 × 512, ~19% of the policy's matmul
+  FLOPs), so it costs nearly what the policy does;
+- prepare is 3.1 s (25% of the step) against nothing: GRPO at β = 0 with one update per
+  rollout runs no forward there (objectives/grpo.py's `separate_old`: the update's own
+  forward gives the old log-probs), while PPO's always runs three, each 0.8-1.0 s, about a
+  quarter of GRPO's update (a forward is a third of forward + backward): the policy's
+  log-probs (the KL penalty of the per-token rewards needs them even on-policy), the
+  reference's, and the values GAE needs. `rest` (per-token rewards, GAE, whitening, metrics,
+  and whatever the fused program costs more than three calls) is 0.34 s, ~10% of prepare; on
+  tiny it is within noise;
+- sampling does the same work on both sides (the sampler repeats each prompt G times before
+  its prefill, so P × G and P·G × 1 are the same shapes) and is within 11%; the reward is
+  negligible.
+On tiny the step is 2.2× (0.72 s against 0.33 s), the update 1.9×.
+
+Contention skews the comparison: an earlier run, with another process using ~1 core during
+tiny, the GRPO llama25m loop and the value forward but not the PPO llama25m loop, read
+llama25m GRPO 7.07 s (update 5.35), PPO 10.27 s (prepare 2.37, update 6.65), a value forward
+of 1.23 s (policy 0.86) and a `rest` of -0.57 s: a ratio of 1.45 instead of 2.4. Compare only
+figures whose "other processes" numbers (printed per loop step and per forward call) are near
+0. The forwards alone run at 134-154 GFLOP/s, above the 2048² matmul's 133: that peak is one
+matmul shape's, a yardstick rather than a ceiling.
+
+`--configs tiny --ppo_epochs 2 --num_minibatches 2 --matmul_n 0` (configs/ppo/tiny.py's
+2 × 2), quiet: PPO's update 0.571 s (four updates of 32 rows), prepare 0.112 s, step 0.761 s;
+GRPO's step 0.284 s.
 """
 
 from __future__ import annotations
