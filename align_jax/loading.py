@@ -5,7 +5,8 @@ Hugging Face export read may each be
 - a run directory (its latest checkpoint), its `checkpoints/` folder, or one step's folder;
 - a LoRA run, whose checkpoints hold only adapters (and new heads): the adapters are merged
   into its base (the LoRA run's own `init_from`), so a LoRA stage hands off like any other;
-- a Hugging Face directory (`align_jax.interop.hf_weights` reads it).
+- a Hugging Face directory (`align_jax.interop.hf_weights` reads it);
+- a PPO run, whose checkpoints hold `{"policy", "value"}`: the policy is what it hands on.
 
 Whatever mesh wrote a checkpoint, the parameters land in the shardings this run asks for.
 """
@@ -35,6 +36,18 @@ from align_jax.tree import flatten
 
 # Parameters a later stage may add on top of an earlier stage's model: they start fresh.
 NEW_HEADS = ("score_head",)
+# A run that trained a value model beside the policy (PPO) stores {"policy", "value"}.
+POLICY, VALUE = "policy", "value"
+
+
+def _policy_params(stored_params, wanted: dict) -> tuple[dict, bool]:
+    """(the stored parameters a model shaped like `wanted` reads, whether that is the policy
+    of a run that stored a value model beside it). Asking for `{"policy", "value"}` reads
+    both as stored."""
+    stored_params = dict(stored_params)
+    if set(stored_params) == {POLICY, VALUE} and set(wanted) != {POLICY, VALUE}:
+        return dict(stored_params[POLICY]), True
+    return stored_params, False
 
 
 def load_params(
@@ -74,7 +87,8 @@ def _load_params(path, param_shapes, param_shardings, fresh, merge_lora_runs) ->
         tree = stored_tree(state_dir)
         if not isinstance(tree, dict) or "params" not in tree:
             raise CheckpointError(f"config.init_from: '{state_dir}' holds no 'params'")
-        stored = flatten(dict(tree["params"]))
+        stored_params, with_value = _policy_params(tree["params"], param_shapes)
+        stored = flatten(stored_params)
     wanted = flatten(param_shapes)
     new = {k for k in wanted if k not in stored and k[0] in NEW_HEADS and fresh is not None}
     for key, shape in wanted.items():
@@ -96,8 +110,11 @@ def _load_params(path, param_shapes, param_shardings, fresh, merge_lora_runs) ->
     if merged is not None:
         params = jax.device_put({k: merged[k] for k in target_shapes}, target_shardings)
     else:
-        target = {"params": abstract_like(target_shapes, target_shardings)}
-        params = dict(restore_subtree(state_dir, target)["params"])
+        target = abstract_like(target_shapes, target_shardings)
+        if with_value:
+            target = {POLICY: target}
+        restored = restore_subtree(state_dir, {"params": target})["params"]
+        params = dict(restored[POLICY] if with_value else restored)
     for head in {k[0] for k in new}:
         params[head] = fresh[head]
     return params
@@ -112,7 +129,8 @@ def checkpoint_diff(path: str, param_shapes: dict) -> tuple[list[str], list[str]
         model_cfg.lora.rank = 0  # what load_params hands over: the merged model
         stored = flatten(models.abstract_params(model_cfg)[1])
     else:
-        stored = flatten(dict(stored_tree(resolve_state_dir(path))["params"]))
+        stored_params = stored_tree(resolve_state_dir(path))["params"]
+        stored = flatten(_policy_params(stored_params, param_shapes)[0])
     wanted = flatten(param_shapes)
     return (
         sorted("/".join(k) for k in wanted if k not in stored),

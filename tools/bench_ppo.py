@@ -26,10 +26,10 @@ of tools/bench_sample.py; random init, fp32, one-device mesh) it
    value model, `ppo.value_model(config)`, with the PPO run's final value parameters: the
    policy's architecture with a scalar head instead of the LM head). `rest` = prepare − the
    three: per-token rewards, GAE, whitening, metrics, plus whatever the three cost more in
-   the loop than alone. GRPO's prepare (β = 0: no reference) is the policy forward alone:
-   its `policy` row is the same standalone figure. `align_jax.loading.load_run` cannot read a
-   PPO run (its checkpoint's parameters are `{"policy", "value"}`, load_run builds the
-   policy alone): the PPO parameters come from `loading.load_params` with both trees' shapes.
+   the loop than alone. GRPO's prepare at β = 0 with one update per rollout runs no forward
+   at all (the update's own forward gives the old log-probs, objectives/grpo.py). The PPO
+   parameters come from `loading.load_params` with both trees' shapes (`load_run` hands on
+   the policy alone).
 
 Shares are of the sum of the four parts. Model FLOPs, as tools/bench_grpo.py counts them
 (`train_flops_per_token × rows × width`; a forward is a third): PPO's update trains both

@@ -11,6 +11,7 @@ import pytest
 from tiny_runs import read_metrics, read_params, stage_config
 
 from align_jax import models, objectives, parallel
+from align_jax.loading import load_run
 from align_jax.training import init as init_lib
 from align_jax.training import loop
 
@@ -92,6 +93,10 @@ def test_ppo_resume_is_exact_with_the_adaptive_kl_coefficient(sft_run, reward_ru
         np.array_equal, read_params(tmp_path / "whole", 4), read_params(tmp_path / "parts", 4)
     )
     assert set(same) == {"policy", "value"} and all(jax.tree.leaves(same))
+    # A PPO run hands on its policy (generate, score, a later stage's init_from).
+    _, _, policy, _ = load_run(str(tmp_path / "whole"))
+    stored = read_params(tmp_path / "whole", 4)["policy"]
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(policy), stored)))
     coef = 0.05  # kl_coef of configs/ppo/tiny.py
     for step in range(1, 5):
         assert whole[step]["kl_coef"] == pytest.approx(coef, rel=1e-6)
