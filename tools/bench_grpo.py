@@ -429,6 +429,18 @@ def print_table(rows: list[dict], peak) -> None:
         )
 
 
+def one_device_error(cli):
+    """A usage error unless jax sees exactly one device (what these benchmarks run on)."""
+    import jax
+
+    if jax.device_count() == 1:
+        return None
+    return cli.UsageError(
+        f"jax sees {jax.device_count()} devices; this benchmark runs on one "
+        "(drop --xla_force_host_platform_device_count from XLA_FLAGS)"
+    )
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
@@ -441,15 +453,10 @@ def main(argv=None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv, cli, bench_sample.CONFIGS)
     except cli.UsageError as e:
         return cli.report(e)
+    if (error := one_device_error(cli)) is not None:
+        return cli.report(error)
     import jax
 
-    if jax.device_count() != 1:
-        return cli.report(
-            cli.UsageError(
-                f"jax sees {jax.device_count()} devices; this benchmark runs on one "
-                "(drop --xla_force_host_platform_device_count from XLA_FLAGS)"
-            )
-        )
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs); "
         f"{args.prompts} prompts x G={args.group}, {args.new_tokens} new tokens, "

@@ -105,7 +105,7 @@ import tempfile
 import time
 
 # tools/ is on sys.path when a tool runs as a script (the script's folder comes first).
-from bench_grpo import ONE_DEVICE, PARTS, in_loop, make_config, wait_quiet
+from bench_grpo import ONE_DEVICE, PARTS, in_loop, make_config, one_device_error, wait_quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORWARDS = ("policy", "reference", "value")
@@ -341,15 +341,10 @@ def main(argv=None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv, cli, bench_sample.CONFIGS)
     except cli.UsageError as e:
         return cli.report(e)
+    if (error := one_device_error(cli)) is not None:
+        return cli.report(error)
     import jax
 
-    if jax.device_count() != 1:
-        return cli.report(
-            cli.UsageError(
-                f"jax sees {jax.device_count()} devices; this benchmark runs on one "
-                "(drop --xla_force_host_platform_device_count from XLA_FLAGS)"
-            )
-        )
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs); "
         f"GRPO {args.prompts} prompts x G={args.group} vs PPO {args.prompts * args.group} "

@@ -105,20 +105,28 @@ def test_ppo_resume_is_exact_with_the_adaptive_kl_coefficient(sft_run, reward_ru
     assert whole[4]["kl_coef"] != whole[1]["kl_coef"]
 
 
+def scored_run(name, sft_run, reward_run, workdir, steps=30):
+    """`configs/<name>` for `steps` steps, evaluated at the start and the end (4 samples of
+    32 held-out prompts, the same draws each time): (records, score before, score after),
+    the scores the reward model's held-out means."""
+    cfg = rl_config(
+        name, sft_run, reward_run, total_steps=steps, eval_every=steps, eval_at_start=True,
+        eval_steps=2, log_every=5, checkpoint_every=steps,
+    )  # fmt: skip
+    loop.train(cfg, str(workdir))
+    records = read_metrics(workdir)
+    evals = {r["step"]: r for r in records if "eval_reward" in r}
+    before, after = (evals[s]["eval_reward/reward_model"] for s in (0, steps))
+    print(f"held-out reward-model score {before:.3f} -> {after:.3f}")
+    return records, before, after
+
+
 def test_ppo_raises_the_reward_model_score_with_a_bounded_kl(sft_run, reward_run, tmp_path):
     """configs/ppo/tiny.py for 30 steps: the reward model's held-out score (4 samples of 32
     held-out prompts, the same draws before and after) rises (measured 2.40 -> 2.92 over
     100 prompts) while the per-completion KL to the SFT model stays below 2 nats (measured
     at most 0.75); the value model learns (its loss falls)."""
-    cfg = rl_config(
-        "ppo/tiny.py", sft_run, reward_run, total_steps=30, eval_every=30, eval_at_start=True,
-        eval_steps=2, log_every=5, checkpoint_every=30,
-    )  # fmt: skip
-    loop.train(cfg, str(tmp_path / "run"))
-    records = read_metrics(tmp_path / "run")
-    evals = {r["step"]: r for r in records if "eval_reward" in r}
-    before, after = evals[0]["eval_reward/reward_model"], evals[30]["eval_reward/reward_model"]
-    print(f"held-out reward-model score {before:.3f} -> {after:.3f}")
+    records, before, after = scored_run("ppo/tiny.py", sft_run, reward_run, tmp_path / "run")
     assert after > before + 0.2
     train = [r for r in records if "loss" in r]
     assert all(abs(r["kl"]) < 2.0 for r in train)
@@ -130,15 +138,7 @@ def test_online_dpo_raises_the_reward_model_score(sft_run, reward_run, tmp_path)
     """configs/online_dpo/tiny.py for 30 steps: pairs of the live policy judged by the reward
     model; the held-out reward-model score rises, and the first step's loss is ln 2 (the
     policy is its own reference)."""
-    cfg = rl_config(
-        "online_dpo/tiny.py", sft_run, reward_run, total_steps=30, eval_every=30,
-        eval_at_start=True, eval_steps=2, log_every=5, checkpoint_every=30,
-    )  # fmt: skip
-    loop.train(cfg, str(tmp_path / "run"))
-    records = read_metrics(tmp_path / "run")
-    evals = {r["step"]: r for r in records if "eval_reward" in r}
-    before, after = evals[0]["eval_reward/reward_model"], evals[30]["eval_reward/reward_model"]
-    print(f"held-out reward-model score {before:.3f} -> {after:.3f}")
+    records, before, after = scored_run("online_dpo/tiny.py", sft_run, reward_run, tmp_path / "run")
     assert after > before + 0.1
     first = next(r for r in records if "loss" in r)
     assert first["loss"] == pytest.approx(np.log(2), abs=1e-5)
