@@ -65,6 +65,10 @@ MODEL_PRESETS = {
         remat="full",
     ),
 }
+# Meta-Llama-3-70B: 70.55B parameters (the 8B's recipe at 80 layers of d_model 8192).
+MODEL_PRESETS["llama3_70b"] = dict(
+    MODEL_PRESETS["llama3_8b"], d_model=8192, n_layers=80, n_heads=64, mlp_dim=28672
+)
 
 
 def model_config(preset: str | None = None, **overrides) -> ml_collections.ConfigDict:

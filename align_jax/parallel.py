@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -136,3 +136,48 @@ def named_sharding(axes, shape, mesh: Mesh, rules: Rules) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+# --- host data in a multi-process job -------------------------------------------------------
+# Each process holds its own rows of a batch (its prompts, its samples); the global array is
+# their concatenation in process order, which is how the data pipelines cut a global batch.
+
+
+def global_rows(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The global array whose rows are every process's `local` rows, in process order (one
+    process: `local` itself, placed with `sharding`). `sharding` must split the rows across
+    the processes, as the batch axes of a multi-host mesh do."""
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    local = np.asarray(local)
+    shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(sharding, local, shape)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array laid out as `global_rows` lays them out (each
+    process's rows a block, in process order), whether XLA left its rows split across the
+    processes (each holds its block) or replicated (each holds all, and keeps its block)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    shards = {}
+    for shard in x.addressable_shards:
+        if shard.data.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"local_rows: an array of shape {x.shape} is split along a dimension other "
+                "than its rows"
+            )
+        shards.setdefault(shard.index[0].start or 0, shard.data)
+    out = np.concatenate([np.asarray(shards[start]) for start in sorted(shards)])
+    if out.shape[0] == x.shape[0]:  # rows replicated across processes
+        n = x.shape[0] // jax.process_count()
+        return out[jax.process_index() * n : (jax.process_index() + 1) * n]
+    return out
+
+
+def all_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's `local` rows concatenated in process order, on every process (host
+    metrics over the global batch). The row counts must agree across processes."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))

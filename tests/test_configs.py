@@ -23,6 +23,7 @@ CONFIGS = sorted(
 )
 DATA = "/elsewhere/data"  # an `:arg`: every config reads its data from there
 LLAMA3_8B = 8_030_261_248  # Meta-Llama-3-8B's published parameter count
+LLAMA3_70B = 70_553_706_496  # Meta-Llama-3-70B's
 VOCAB, D_MODEL = 128_256, 4096
 
 
@@ -107,11 +108,25 @@ def test_handoffs_share_the_model_shape():
     for size in ("tiny", "llama3_8b"):
         models = {
             stage: load(f"configs/{stage}/{size}.py").model.to_dict()
-            for stage in ("pretrain", "sft", "reward") + (("dpo",) if size == "tiny" else ())
+            for stage in ("pretrain", "sft", "reward", "dpo", "grpo", "ppo")
         }
         assert models["reward"].pop("head") == "scalar"
         assert all(m.pop("head") == "lm" for s, m in models.items() if s != "reward")
         assert all(m == models["pretrain"] for m in models.values()), size
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo", "ppo"])
+def test_llama3_70b_configs_are_the_8b_recipe_at_70b(stage):
+    big, small = load(f"configs/{stage}/llama3_70b.py"), load(f"configs/{stage}/llama3_8b.py")
+    assert count_params(big.model) == LLAMA3_70B
+    m = big.model
+    assert (m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.mlp_dim) == (80, 8192, 64, 8, 28672)
+    diff = {k for k, v in flat(big).items() if flat(small).get(k) != v}
+    assert diff <= {f"model.{k}" for k in ("d_model", "n_layers", "n_heads", "mlp_dim")}, diff
+    # With a data directory: the 8B config's CPU-sized run.
+    assert load(f"configs/{stage}/llama3_70b.py", DATA) == load(
+        f"configs/{stage}/llama3_8b.py", DATA
+    )
 
 
 # What each variant may change from configs/dpo/tiny.py, the config it derives from.

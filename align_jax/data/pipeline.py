@@ -5,18 +5,28 @@ record to one example) and, for packed kinds, a `pack` (examples -> rows). What 
 lives here:
 
 - `train_dataset` / `eval_dataset` (and their iterators, the loop's interface): the grain
-  pipelines around an encoding. Train:
+  pipelines around an encoding. Train, one example per row:
 
-      source -> shuffle(seed) -> repeat(num_epochs) -> slice[process::count] -> encode
-        -> rows -> batch(rows per process, drop_remainder) -> thread prefetch
+      source -> shuffle(seed) -> repeat(num_epochs) -> this process's share -> encode
+        -> batch(rows per process, drop_remainder) -> thread prefetch
 
-  Everything up to `slice` is index arithmetic on a `MapDataset`, so the whole position of
-  the pipeline is a few integers and `get_state`/`set_state` restore it exactly. Shuffling
-  before repeating gives a different permutation per epoch without mixing epochs; sharding
-  after repeating splits one global record stream round-robin between processes. Eval is
-  one pass in file order: every process builds every global batch (the last padded with
-  zero rows) and keeps its own rows, so every process yields the same number of batches,
-  which a multi-host eval needs (a process that stopped early would hang the others).
+  Everything up to the share is index arithmetic on a `MapDataset`, so the whole position
+  of the pipeline is a few integers and `get_state`/`set_state` restore it exactly.
+  Shuffling before repeating gives a different permutation per epoch without mixing epochs.
+  The share is contiguous (`ContiguousShare`): of every global batch of `batch_size`
+  records, process p reads only records [p·b, (p+1)·b) (b = batch_size / processes), the
+  rows its devices hold of the global batch. A global batch is therefore the same records
+  in the same order on any number of processes: a function of the data, the seed and the
+  batch size alone. A last partial global batch is dropped on every process alike.
+  Packed kinds (SFT with `packing`) pack the global record stream into global batches on
+  every process and keep their rows, since packing depends on every record before it.
+  Eval is one pass in file order: every process builds every global batch (the last
+  padded with zero rows) and keeps its own rows, so every process yields the same number
+  of batches, which a multi-host eval needs (a process that stopped early would hang the
+  others).
+- `row_stream_dataset`: pretraining's pipeline, where a global batch's row r packs its own
+  stream of documents (r, r + batch_size, r + 2·batch_size, ... of the shuffled stream), so
+  each process reads and tokenizes only the documents of its rows.
 - `Examples`: a split's records after the length pre-pass, each carrying its index, by
   which precomputed reference log-probs (`ref_table`) are looked up.
 - the config checks, the per-process shard of a global batch, padding and slicing of a
@@ -76,24 +86,116 @@ def train_dataset(
     `process_index` / `process_count` default to jax's.
     """
     check_config(data_cfg)
-    ds, local_batch = shuffled_share(source, data_cfg, seed, process_index, process_count)
+    if encoding.get("pack") is None:
+        ds, local_batch = shuffled_share(source, data_cfg, seed, process_index, process_count)
+        ds = _batches(
+            ds, data_cfg, tokenizer, source, local_batch, local_batch, drop_last=True, **encoding
+        )
+        return prefetch(ds, data_cfg)
+    # Packed: the global stream packed into global batches everywhere, each process's rows kept.
+    process_index, _, local_batch = local_shard(data_cfg, process_index, process_count)
     ds = _batches(
-        ds, data_cfg, tokenizer, source, local_batch, local_batch, drop_last=True, **encoding
-    )
-    return prefetch(ds, data_cfg)
+        shuffled(source, data_cfg, seed), data_cfg, tokenizer, source, data_cfg.batch_size,
+        data_cfg.batch_size, drop_last=True, **encoding,
+    )  # fmt: skip
+    lo = process_index * local_batch
+    return prefetch(ds.map(PadAndSlice(data_cfg.batch_size, lo, lo + local_batch)), data_cfg)
+
+
+def shuffled(source, data_cfg, seed: int) -> grain.MapDataset:
+    """`source` shuffled per epoch from `seed` (with `data_cfg.shuffle`) and repeated
+    `num_epochs` times or forever: the global record stream of a train split."""
+    ds = grain.MapDataset.source(source)
+    if data_cfg.shuffle:
+        ds = ds.shuffle(seed=int(seed) % 2**32)
+    return ds.repeat(data_cfg.num_epochs or None)
 
 
 def shuffled_share(
     source, data_cfg, seed: int, process_index=None, process_count=None
 ) -> tuple[grain.MapDataset, int]:
-    """(`source` shuffled per epoch from `seed`, repeated `num_epochs` times or forever, and
-    this process's share of it, the per-process batch size): what every train split does
-    before its batch kind encodes and batches it."""
+    """(this process's contiguous share of the global record stream (`shuffled`), the
+    per-process batch size): what every unpacked train split does before its batch kind
+    encodes and batches it."""
     process_index, process_count, local_batch = local_shard(data_cfg, process_index, process_count)
-    ds = grain.MapDataset.source(source)
-    if data_cfg.shuffle:
-        ds = ds.shuffle(seed=int(seed) % 2**32)
-    return ds.repeat(data_cfg.num_epochs or None)[process_index::process_count], local_batch
+    share = ContiguousShare(
+        shuffled(source, data_cfg, seed), data_cfg.batch_size, process_index, process_count
+    )
+    return share, local_batch
+
+
+class ContiguousShare(grain.MapDataset):
+    """Process `index`'s rows of every global batch of `global_batch` consecutive elements
+    of `parent`: elements [index·b, (index+1)·b) of each, b = global_batch / count. A last
+    partial global batch is left out, so every process has the same length."""
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+        super().__init__(parent)
+        self._global, self._local = global_batch, global_batch // count
+        self._offset = index * self._local
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._global * self._local
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        k, r = divmod(int(j), self._local)
+        return self._parent[k * self._global + self._offset + r]
+
+    def __str__(self) -> str:
+        return f"ContiguousShare(global_batch={self._global}, rows={self._offset}+{self._local})"
+
+
+def row_stream_dataset(
+    data_cfg, tokenizer, *, seed: int, source, encoder: Encoder, pack: Pack,
+    process_index=None, process_count=None,
+) -> grain.IterDataset:  # fmt: skip
+    """Train batches whose global row r is the r-th of `batch_size` packed streams: stream r
+    packs elements r, r + batch_size, ... of the global stream (`shuffled`), and this
+    process builds only its rows' streams. The global batch is then independent of the
+    number of processes, and each process encodes only 1 / processes of the data. Batches
+    end when the first of this process's streams does."""
+    check_config(data_cfg)
+    process_index, _, local_batch = local_shard(data_cfg, process_index, process_count)
+    docs = shuffled(source, data_cfg, seed)
+    encode = encoder(tokenizer, data_cfg, source)
+    first = process_index * local_batch
+    streams = [
+        pack(
+            docs[r :: data_cfg.batch_size].map(encode).to_iter_dataset(read_options(data_cfg)),
+            data_cfg,
+            1,
+        )
+        for r in range(first, first + local_batch)
+    ]
+    return prefetch(_StackRows(streams), data_cfg)
+
+
+class _StackRows(grain.IterDataset):
+    """One row from each parent per batch, stacked in parent order."""
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _StackRowsIterator([p.__iter__() for p in self._parents])
+
+
+class _StackRowsIterator(grain.DatasetIterator):
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = [next(p) for p in self._parents]
+        return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"streams": [p.get_state() for p in self._parents]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if len(state["streams"]) != len(self._parents):
+            raise DataError(
+                f"the saved data position holds {len(state['streams'])} row streams; this "
+                f"process builds {len(self._parents)}: resume with the batch size and number "
+                "of processes the run was saved with"
+            )
+        for parent, s in zip(self._parents, state["streams"], strict=True):
+            parent.set_state(s)
 
 
 def eval_dataset(

@@ -2,13 +2,16 @@
 
 Train pipeline (`make_train_dataset`; align_jax/data/pipeline.py has the shared stages):
 
-    DocumentSource -> shuffle(seed) -> repeat(num_epochs) -> slice[process::count]
-      -> tokenize (+bos/eos) -> to_iter_dataset -> ConcatThenSplit(L+1) -> fields
-      -> batch(local, drop_remainder) -> thread prefetch
+    DocumentSource -> shuffle(seed) -> repeat(num_epochs) -> for each of this process's
+      rows r: documents [r::batch_size] -> tokenize (+bos/eos) -> ConcatThenSplit(L+1)
+      -> fields;  one row from each stream per batch -> thread prefetch
 
-- Sharding after repeating splits one global document stream round-robin between
-  processes: no document is dropped when the count does not divide, and within an epoch
-  processes see disjoint documents.
+- Row streams (`pipeline.row_stream_dataset`): row r of every global batch packs its own
+  stream of documents, r, r + batch_size, r + 2·batch_size, ... of the global shuffled
+  stream. A process builds only its rows' streams, so it reads and tokenizes only its
+  share of the documents, and the global batches are the same whatever the number of
+  processes (1 × 8 devices and 2 × 4 give the same losses). Within an epoch the streams
+  hold disjoint documents.
 - Packing (`grain.experimental.ConcatThenSplitIterDataset`) concatenates documents and
   cuts rows of L+1 tokens, never padding except at the very end of a finite stream. Each
   row gives `inputs = row[:-1]`, `targets = row[1:]`; the extra token is what makes every
@@ -30,10 +33,10 @@ Seams (checked against grain 0.2.18's implementation and by tests/data):
   a document on restore. `_JsonSafePacking` turns them back into tuples; the Orbax test
   in tests/data covers it.
 
-Multi-process: each process builds only its own batches (`batch_size // process_count`
-rows) and `to_global_batch` assembles the global `jax.Array`s. With `num_epochs > 0` the
-processes may run out one batch apart; training runs by step count, so prefer
-`num_epochs = 0` on more than one process.
+Multi-process: each process builds only its own rows (`batch_size // process_count`)
+and `to_global_batch` assembles the global `jax.Array`s. With `num_epochs > 0` the streams
+end a few rows apart and the batches stop at the first to end; training runs by step
+count, so prefer `num_epochs = 0` on more than one process.
 
 Eval pipeline (`make_eval_dataset`): one pass in file order, no shuffle or repeat. Every
 process packs the *whole* eval set (identical row stream everywhere), batches it globally
@@ -59,7 +62,7 @@ from align_jax.data.pipeline import (
     lm_fields,
     lm_specs,
     local_batch_shapes,
-    train_dataset,
+    row_stream_dataset,
 )
 from align_jax.data.records import special_ids
 from align_jax.data.sources import DocumentSource, expand_files
@@ -92,7 +95,7 @@ def make_train_dataset(
     with `grain.checkpoint.CheckpointSave` / `CheckpointRestore`.
     """
     source = source if source is not None else load_source(data_cfg)
-    return train_dataset(
+    return row_stream_dataset(
         data_cfg, tokenizer, seed=seed, source=source, encoder=_Tokenize, pack=_pack, **shard
     )
 

@@ -36,9 +36,10 @@ Batches: a list of one dict per prompt:
 Train (`make_train_iterator`): `config.data.batch_size` prompts per step, global across
 processes (verl's `data.train_batch_size`; each prompt is then sampled n times), drawn as
 in every stage (align_jax/data/pipeline.py): a permutation of the records per epoch from
-`seed` (`config.data.shuffle`), `config.data.num_epochs` epochs (0: endless), the global
-stream split round-robin between processes, so at every step process p holds global
-positions p, p + count, ... of that step's batch. Its whole position is one batch count:
+`seed` (`config.data.shuffle`), `config.data.num_epochs` epochs (0: endless), each step's
+global batch split into contiguous shares, so process p holds positions [p·b, (p+1)·b) of
+it (b = batch_size / processes) and the global batch is the same on any number of
+processes. Its whole position is one batch count:
 `get_state` / `set_state`, or Orbax with `grain.checkpoint.CheckpointSave` /
 `CheckpointRestore`, resume it exactly. Eval (`make_eval_iterator`): the eval split once in
 file order, global batches of `batch_size` of which each process keeps its slice; the

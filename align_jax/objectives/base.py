@@ -57,6 +57,10 @@ class Objective:
     prepare_fn: Callable | None = None
     updates_per_step: int = 1
     num_minibatches: int = 1
+    # The model forwards `prepare_fn` runs, counted in passes of the policy over the whole
+    # rollout batch (GRPO: old and reference log-probs; PPO: policy, reference and value
+    # model): what the memory planner counts as the prepare program's model FLOPs.
+    prepare_forwards: float = 0.0
     # State of the objective's own that is not a trained parameter (PPO's adaptive KL
     # coefficient): `initial_state() -> {name: scalar array}`. It lives in the train state as
     # `state["objective"]`, is checkpointed with it, and only `prepare_fn` changes it.

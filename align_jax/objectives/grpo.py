@@ -289,4 +289,5 @@ def build_grpo(config, graphdef) -> Objective:
         prepare_fn=prepare_fn,
         updates_per_step=int(o.num_iterations * o.num_minibatches),
         num_minibatches=int(o.num_minibatches),
+        prepare_forwards=float(separate_old) + float(with_reference),
     )

@@ -133,4 +133,5 @@ def build(config, graphdef) -> Objective:
         batch_kind="rollouts",
         frozen_models=("reference",),
         prepare_fn=prepare_fn,
+        prepare_forwards=2.0 / group,  # the reference over 2 of each prompt's G rows
     )

@@ -232,4 +232,5 @@ def build_ppo(config, graphdef) -> Objective:
         num_minibatches=int(o.num_minibatches),
         initial_state=initial_state,
         value_model=value,
+        prepare_forwards=3.0,  # the rollout policy, the reference, the value model
     )

@@ -286,6 +286,12 @@ class Sampler:
     (completion only; mask 1 on generated tokens, the eos included), `prompt_index` [B * n].
     Compiled once per (batch, padded prompt length, sampling params).
 
+    In a multi-process job every process calls `generate` together with its own B prompts
+    (the same B everywhere): the global batch is the processes' prompts in process order,
+    sampled as one, and each process gets its own prompts' samples. The random draws depend
+    on a row's global position only, so 1 process × 8 devices and 2 × 4 sample the same
+    tokens for the same global batch.
+
     `unroll_layers`: run a step's layers unrolled over per-layer weights and caches (faster
     on CPU, at the cost of a copy of the block weights during a call and compile time that
     grows with depth) or scanned over the stacked ones (no copy, flat compile time). None
@@ -331,6 +337,18 @@ class Sampler:
             self._compiled[sp] = jax.jit(fn)
         return self._compiled[sp]
 
+    def lower(self, params, rows: int, prompt_len: int, sp: SamplingParams):
+        """The sampling program lowered for `rows` global rows (prompts × sp.n) of
+        `prompt_len` prompt slots and parameters of these shapes and shardings (`jax.
+        ShapeDtypeStruct`s will do), for ahead-of-time compilation."""
+        sharding = parallel.named_sharding(
+            ("batch", "length"), (rows, prompt_len), self.mesh, self.rules
+        )
+        tokens = jax.ShapeDtypeStruct((rows, prompt_len), jnp.int32, sharding=sharding)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(self.mesh))
+        return self._fn(sp).lower(params, tokens, tokens, key)
+
     def generate(
         self,
         params,
@@ -344,15 +362,21 @@ class Sampler:
         batches); None pads to the longest prompt, rounded up to a multiple of 8."""
         if sp.temperature < 0 or not 0 < sp.top_p <= 1 or sp.top_k < 0 or sp.n < 1:
             raise ValueError(f"sampling params out of range: {sp}")
+        if prompt_len is None and jax.process_count() > 1:  # one padded length for all
+            longest = max(len(p) for p in prompts)
+            prompt_len = -(-int(parallel.all_rows(np.array([longest])).max()) // 8) * 8
         tokens, valid = left_pad(prompts, self.pad_id, length=prompt_len)
         index = np.repeat(np.arange(len(prompts)), sp.n)
         tokens, valid = tokens[index], valid[index]
+        # Each process's prompts are its rows of the global batch (in process order); it
+        # gets back the samples of its own prompts.
+        global_shape = (tokens.shape[0] * jax.process_count(), tokens.shape[1])
         batch_sharding = parallel.named_sharding(
-            ("batch", "length"), tokens.shape, self.mesh, self.rules
+            ("batch", "length"), global_shape, self.mesh, self.rules
         )
-        tokens = jax.device_put(tokens, batch_sharding)
-        valid = jax.device_put(valid, batch_sharding)
+        tokens = parallel.global_rows(tokens, batch_sharding)
+        valid = parallel.global_rows(valid, batch_sharding)
         out = self._fn(sp)(params, tokens, valid, jax.random.key(seed))
-        out = {k: np.asarray(v) for k, v in out.items()}
+        out = {k: parallel.local_rows(v) for k, v in out.items()}
         out["prompt_index"] = index
         return out

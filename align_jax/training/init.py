@@ -20,8 +20,36 @@ from align_jax.objectives import ValueModel
 from align_jax.training import lora as lora_training
 from align_jax.training import step as step_lib
 from align_jax.training.errors import TrainingError
+from align_jax.training.optimizer import make_optimizer, per_model
 
 log = logging.getLogger("align_jax")
+
+
+def trained_models(config, objective, param_shapes, param_shardings, mesh, rules, *, lora: bool):
+    """(shapes, shardings, tx, schedule) of the trained parameters: the policy's, or with a
+    value model (PPO) `{"policy", "value"}` with one optimizer each (the value model's at its
+    own learning rate). An online step makes `updates_per_step` optimizer updates: the
+    schedules count those."""
+    total = config.total_steps * objective.updates_per_step
+    tx, schedule = make_optimizer(config.optimizer, total)
+    value = objective.value_model
+    if value is None:
+        return param_shapes, param_shardings, tx, schedule
+    if lora:
+        raise TrainingError(
+            f"objective '{objective.name}' trains a value model beside the policy, which "
+            "LoRA does not support yet: set config.model.lora.rank=0"
+        )
+    _, value_shapes, value_axes = models.abstract_params(value.model)
+    value_opt = config.optimizer.copy_and_resolve_references()
+    value_opt.learning_rate = value.learning_rate
+    txs = {"policy": tx, "value": make_optimizer(value_opt, total)[0]}
+    shapes = {"policy": param_shapes, "value": value_shapes}
+    shardings = {
+        "policy": param_shardings,
+        "value": models.param_shardings(value_shapes, value_axes, mesh, rules),
+    }
+    return shapes, shardings, per_model(txs), schedule
 
 
 def resume_or_init(

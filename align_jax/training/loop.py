@@ -37,7 +37,6 @@ from align_jax.training import reference
 from align_jax.training import sources as sources_lib
 from align_jax.training import step as step_lib
 from align_jax.training.errors import Interrupted, TrainingError
-from align_jax.training.optimizer import make_optimizer, per_model
 from align_jax.training.rl_step import RLStep
 
 log = logging.getLogger("align_jax")
@@ -166,8 +165,8 @@ def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack)
         )
         objective = lora_training.wrap_objective(objective, param_shapes)
     policy_shapes, policy_shardings = param_shapes, param_shardings
-    param_shapes, param_shardings, tx, schedule = _trained_models(
-        config, objective, param_shapes, param_shardings, base, mesh, rules
+    param_shapes, param_shardings, tx, schedule = init_lib.trained_models(
+        config, objective, param_shapes, param_shardings, mesh, rules, lora=base is not None
     )
     objective_state = objective.initial_state() if objective.initial_state else None
     shardings = step_lib.state_shardings(tx, param_shapes, param_shardings, mesh, objective_state)
@@ -297,33 +296,6 @@ def _interrupted(signum: int, step: int, checkpointer) -> Interrupted:
         f"{checkpointer.directory}/{step}; run the same command again to resume",
         signum,
     )
-
-
-def _trained_models(config, objective, param_shapes, param_shardings, base, mesh, rules):
-    """(shapes, shardings, tx, schedule) of the trained parameters: the policy's, or with a
-    value model (PPO) `{"policy", "value"}` with one optimizer each (the value model's at its
-    own learning rate). An online step makes `updates_per_step` optimizer updates: the
-    schedules count those."""
-    total = config.total_steps * objective.updates_per_step
-    tx, schedule = make_optimizer(config.optimizer, total)
-    value = objective.value_model
-    if value is None:
-        return param_shapes, param_shardings, tx, schedule
-    if base is not None:
-        raise TrainingError(
-            f"objective '{objective.name}' trains a value model beside the policy, which "
-            "LoRA does not support yet: set config.model.lora.rank=0"
-        )
-    _, value_shapes, value_axes = models.abstract_params(value.model)
-    value_opt = config.optimizer.copy_and_resolve_references()
-    value_opt.learning_rate = value.learning_rate
-    txs = {"policy": tx, "value": make_optimizer(value_opt, total)[0]}
-    shapes = {"policy": param_shapes, "value": value_shapes}
-    shardings = {
-        "policy": param_shardings,
-        "value": models.param_shardings(value_shapes, value_axes, mesh, rules),
-    }
-    return shapes, shardings, per_model(txs), schedule
 
 
 def _model_config_from_hf(config) -> None:

@@ -53,11 +53,31 @@ import time
 import jax
 import numpy as np
 
+from align_jax import parallel
 from align_jax.data import prompts as prompts_data
 from align_jax.losses import overlong_penalty
 from align_jax.rollout import Rewards, Sampler, SamplingParams, weighted_total
 from align_jax.rollout.rows import training_rows
 from align_jax.training.metrics import truncate_jsonl
+
+
+def rollout_shapes(config, process_count: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """A process's rollout batch fields from the config alone: its prompts × G rows of
+    max_prompt_len + max_new_tokens slots (`process_count` defaults to jax's; 1 gives the
+    global batch)."""
+    count = jax.process_count() if process_count is None else process_count
+    n = int(config.data.batch_size) // count * int(config.objective.num_generations)
+    w = prompts_data.max_prompt_len(config.data) + int(config.rollout.max_new_tokens)
+    spec = jax.ShapeDtypeStruct
+    return {
+        "tokens": spec((n, w), np.int32),
+        "positions": spec((n, w), np.int32),
+        "segment_ids": spec((n, w), np.int32),
+        "completion_mask": spec((n, w - 1), np.int32),
+        "sampler_logps": spec((n, w - 1), np.float32),
+        "rewards": spec((n,), np.float32),
+        "has_eos": spec((n,), np.int32),
+    }
 
 
 def sampling_seed(seed: int, step: int, round_: int, *, stream: int = 0) -> int:
@@ -104,19 +124,8 @@ class RolloutSource:
 
     @property
     def shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
-        """This process's batch fields: its prompts × G rows of `width` tokens."""
-        n = self.prompts_per_step // jax.process_count() * self.group
-        w = self.width
-        spec = jax.ShapeDtypeStruct
-        return {
-            "tokens": spec((n, w), np.int32),
-            "positions": spec((n, w), np.int32),
-            "segment_ids": spec((n, w), np.int32),
-            "completion_mask": spec((n, w - 1), np.int32),
-            "sampler_logps": spec((n, w - 1), np.float32),
-            "rewards": spec((n,), np.float32),
-            "has_eos": spec((n,), np.int32),
-        }
+        """This process's batch fields (`rollout_shapes`)."""
+        return rollout_shapes(self.config)
 
     @property
     def checkpoint_item(self):
@@ -153,7 +162,8 @@ class RolloutSource:
         metrics = {"time/sampling": 0.0, "time/rewards": 0.0}
         generated = sampled_groups = zero_variance = rounds = 0
         timeouts = 0.0
-        while len(kept) < self.prompts_per_step and rounds < max_rounds:
+        quota = self.prompts_per_step // jax.process_count()  # this process's groups
+        while True:
             prompts = next(self.iterator)
             seed = sampling_seed(self.config.seed, step, rounds)
             rounds += 1
@@ -167,19 +177,29 @@ class RolloutSource:
                 flat = np.ptp(g["total"]) == 0
                 zero_variance += int(flat)
                 (dropped if flat and dynamic else kept).append(g)
-            if not dynamic:
+            # Every process samples every round (one program over the global batch) until
+            # each has its quota of kept groups.
+            if not dynamic or rounds >= max_rounds or _global_min(len(kept)) >= quota:
                 break
-        filled = max(0, self.prompts_per_step - len(kept))
-        groups = (kept + dropped[:filled])[: self.prompts_per_step]
+        filled = max(0, quota - len(kept))
+        groups = (kept + dropped[:filled])[:quota]
         batch = self._rows(groups)
         metrics.update(self._group_metrics(groups))
+        # Counts over the whole job (each process reports its own; all_rows gathers them).
+        counts = parallel.all_rows(
+            np.array(
+                [[zero_variance, sampled_groups, generated, timeouts, len(dropped), filled]],
+                np.float64,
+            )  # fmt: skip
+        ).sum(axis=0)
+        zero_variance, sampled_groups, generated, timeouts, n_dropped, filled = counts
         if self.group > 1:
             metrics["frac_zero_variance_groups"] = zero_variance / sampled_groups
         metrics["reward_timeouts"] = timeouts
         metrics["generated_tokens_per_sec"] = generated / max(metrics["time/sampling"], 1e-9)
         if dynamic:
             metrics["dynamic_sampling/rounds"] = float(rounds)
-            metrics["dynamic_sampling/dropped_groups"] = float(len(dropped))
+            metrics["dynamic_sampling/dropped_groups"] = float(n_dropped)
             metrics["dynamic_sampling/filled_groups"] = float(filled)
         every = self.config.rollout.log_samples_every
         if self._writes and every and (step + 1) % every == 0:
@@ -247,15 +267,17 @@ class RolloutSource:
         return batch
 
     def _group_metrics(self, groups: list[dict]) -> dict:
-        rewards = np.concatenate([g["rewards"] for g in groups])
-        total = np.concatenate([g["total"] for g in groups])
-        lengths = np.concatenate([g["lengths"] for g in groups])
-        out = self._reward_means(rewards, total)
+        """Reward, length and truncation metrics over every process's groups."""
+        every = lambda get: parallel.all_rows(np.concatenate([get(g) for g in groups]))  # noqa: E731
+        total = every(lambda g: g["total"])
+        lengths = every(lambda g: g["lengths"])
+        out = self._reward_means(every(lambda g: g["rewards"]), total)
         if self.group > 1:
-            out["reward_std"] = float(np.mean([np.std(g["total"], ddof=1) for g in groups]))
+            by_group = total.reshape(-1, self.group)
+            out["reward_std"] = float(np.mean(np.std(by_group, axis=1, ddof=1)))
         out["completion_length"] = float(lengths.mean())
         out["completion_length_max"] = float(lengths.max())
-        out["truncated_fraction"] = float(1 - np.concatenate([g["has_eos"] for g in groups]).mean())
+        out["truncated_fraction"] = float(1 - every(lambda g: g["has_eos"]).mean())
         return out
 
     def _reward_means(self, rewards_bf: np.ndarray, total: np.ndarray) -> dict:
@@ -296,7 +318,7 @@ class RolloutSource:
             max_new_tokens=self.max_new_tokens, temperature=float(r.eval_temperature),
             top_k=int(r.top_k), top_p=float(r.top_p), n=k,
         )  # fmt: skip
-        totals, per_fn, lengths, pass1, passk = [], [], [], [], []
+        totals, per_fn, lengths, valid = [], [], [], []
         iterator = prompts_data.make_eval_iterator(
             self.config.data, self.tokenizer, source=self.eval_source
         )
@@ -308,24 +330,30 @@ class RolloutSource:
                 seed=sampling_seed(self.config.seed, 0, i, stream=1), prompt_len=self.prompt_len,
             )  # fmt: skip
             _, n_tok, _, _, rewards_bf, _ = self._score(prompts, out)
-            total = weighted_total(rewards_bf, self.rewards.weights)
-            for j, prompt in enumerate(prompts):
-                if not prompt["valid"]:
-                    continue
-                rows = slice(j * k, (j + 1) * k)
-                totals.append(total[rows])
-                per_fn.append(rewards_bf[rows])
-                lengths.append(n_tok[rows])
-                passed = int(np.sum(total[rows] >= float(r.pass_threshold)))
-                pass1.append(pass_at_k(k, passed, 1))
-                passk.append(pass_at_k(k, passed, k))
+            totals.append(weighted_total(rewards_bf, self.rewards.weights))
+            per_fn.append(rewards_bf)
+            lengths.append(n_tok)
+            valid.append(np.array([bool(p["valid"]) for p in prompts]))
         if not totals:
             return {}
-        out = self._reward_means(np.concatenate(per_fn), np.concatenate(totals))
-        out["completion_length"] = float(np.concatenate(lengths).mean())
-        out["pass_at_1"] = float(np.mean(pass1))
-        out[f"pass_at_{k}"] = float(np.mean(passk))
+        # Every process's prompts (k samples each, adjacent), less the eval padding.
+        every = lambda parts: parallel.all_rows(np.concatenate(parts))  # noqa: E731
+        keep = every(valid)
+        total = every(totals).reshape(len(keep), k)[keep]
+        if not len(total):
+            return {}
+        rewards_bf = every(per_fn).reshape(len(keep), k, -1)[keep]
+        out = self._reward_means(rewards_bf.reshape(total.size, -1), total.reshape(-1))
+        out["completion_length"] = float(every(lengths).reshape(len(keep), k)[keep].mean())
+        passed = np.sum(total >= float(r.pass_threshold), axis=1)
+        out["pass_at_1"] = float(np.mean([pass_at_k(k, int(c), 1) for c in passed]))
+        out[f"pass_at_{k}"] = float(np.mean([pass_at_k(k, int(c), k) for c in passed]))
         return out
+
+
+def _global_min(count: int) -> int:
+    """The smallest of every process's `count`."""
+    return int(parallel.all_rows(np.array([count])).min())
 
 
 def decode_completions(out: dict, tokenizer) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -65,13 +65,14 @@ class RewardScorer:
 
     def score_rows(self, tokens: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
         """Scores [N] of right-padded token rows [N, L] (segment id 0 on padding)."""
-        sharding = parallel.named_sharding(
-            ("batch", "length"), tokens.shape, self._mesh, self._rules
-        )
+        # In a multi-process job: this process's rows of a global batch (every process
+        # calls with the same N), and their scores.
+        shape = (tokens.shape[0] * jax.process_count(), tokens.shape[1])
+        sharding = parallel.named_sharding(("batch", "length"), shape, self._mesh, self._rules)
         tokens, segment_ids = (
-            jax.device_put(np.asarray(x), sharding) for x in (tokens, segment_ids)
+            parallel.global_rows(np.asarray(x), sharding) for x in (tokens, segment_ids)
         )
-        return np.asarray(self._score(self._params, tokens, segment_ids))
+        return parallel.local_rows(self._score(self._params, tokens, segment_ids))
 
     def score(self, prompts, completions) -> np.ndarray:
         if len(prompts) != len(completions):

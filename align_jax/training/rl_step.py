@@ -73,7 +73,20 @@ class RLStep:
         self._mesh, self._rules, self._frozen_shardings = mesh, rules, frozen_shardings
         self._prepare = self._update = None
 
-    def _compile(self, state, batch, frozen):
+    def lower(self, state, batch, rng, frozen) -> dict:
+        """{"prepare": ..., "update": ...}: both programs lowered for arguments of these
+        shapes and shardings (`jax.ShapeDtypeStruct`s will do), for ahead-of-time
+        compilation (align_jax/training/plan.py)."""
+        with parallel.sharding_context(self._mesh, self._rules):
+            prepared = self._compile(state, batch, frozen)
+            params, objective_state = state["params"], state.get("objective", {})
+            return {
+                "prepare": self._prepare.lower(params, frozen, batch, objective_state),
+                "update": self._update.lower(state, prepared, rng, frozen),
+            }
+
+    def _compile(self, state, batch, frozen) -> dict:
+        """Builds the two jitted programs; returns the prepared batch's shapes."""
         rep = NamedSharding(self._mesh, PartitionSpec())
         objective_state = state.get("objective", {})
         prepared_shapes, _, _ = jax.eval_shape(
@@ -93,6 +106,11 @@ class RLStep:
         )
         self._update = step_lib.jit_train_step(
             self._updates, self._shardings, prepared_sharding, self._mesh, self._frozen_shardings
+        )
+        return jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            prepared_shapes,
+            prepared_sharding,
         )
 
     def __call__(self, state, batch, rng, frozen):

@@ -216,18 +216,28 @@ def test_expand_files_sorted_and_deduplicated(tmp_path):
 # --- packing ------------------------------------------------------------------------------
 
 
+def _stream_rows(batches, r):
+    """Row r of every batch: the rows of the r-th packing stream."""
+    return [row for i, row in enumerate(_rows(batches)) if i % batches[0]["inputs"].shape[0] == r]
+
+
 def test_packing_isolates_documents(tmp_path, tok):
-    docs = _docs(40, seed=2)
+    docs = _docs(80, seed=2)
     cfg = _cfg(_write_jsonl(tmp_path / "d.jsonl", docs), shuffle=False, num_epochs=1)
     batches = list(make_train_iterator(cfg, tok, seed=0, process_index=0, process_count=1))
-    tokens, doc_of = _stream(tok, docs)
-    rows = _rows(batches)
     assert all(b["inputs"].shape == (4, SEQ_LEN) for b in batches)
-    assert len(rows) == (-(-len(tokens) // (SEQ_LEN + 1))) // 4 * 4  # drop_remainder
-    assert _check_rows_against_stream(rows, tokens, doc_of) > 0  # some documents were split
+    # Row r of each batch packs documents r, r + 4, r + 8, ... (batch_size 4); the batches
+    # stop when the shortest of the four streams does.
+    seams, stream_rows = 0, []
+    for r in range(4):
+        tokens, doc_of = _stream(tok, docs[r::4])
+        stream_rows.append(-(-len(tokens) // (SEQ_LEN + 1)))
+        seams += _check_rows_against_stream(_stream_rows(batches, r), tokens, doc_of)
+    assert len(batches) == min(stream_rows)
+    assert seams > 0  # some documents were split
     # Every complete document in a row (bos ... eos in one segment) decodes to the original.
     complete = 0
-    for full, f in rows:
+    for full, f in _rows(batches):
         seg = np.r_[f["segment_ids"], -1]
         for s in np.unique(f["segment_ids"][f["segment_ids"] > 0]):
             piece = full[seg == s]
@@ -267,21 +277,35 @@ def test_eval_pads_last_batch_and_repeats_exactly(tmp_path, tok):
 # --- sharding -----------------------------------------------------------------------------
 
 
-def test_process_shards_are_disjoint(tmp_path, tok):
+def test_global_batches_do_not_depend_on_the_process_count(tmp_path, tok):
     docs = _docs(60, seed=4)
     path = _write_jsonl(tmp_path / "d.jsonl", docs)
     cfg = _cfg(path, num_epochs=1, prefetch_batches=0)
     src = load_source(cfg)
+    whole = list(make_train_iterator(cfg, tok, seed=7, process_index=0, process_count=1))
+    halves = [
+        list(make_train_iterator(cfg, tok, seed=7, process_index=p, process_count=2))
+        for p in (0, 1)
+    ]
+    # With num_epochs > 0 each process stops when the first of its own streams ends.
+    assert len(whole) > 3 and len(whole) == min(len(h) for h in halves)
+    for g, h0, h1 in zip(whole, *halves, strict=False):
+        assert h0["inputs"].shape == h1["inputs"].shape == (2, SEQ_LEN)
+        for k in FIELDS:
+            np.testing.assert_array_equal(np.concatenate([h0[k], h1[k]]), g[k])
+    # Process p's row r packs the seed-7 permutation's documents [p·2 + r :: 4] and no other:
+    # the two processes read disjoint documents.
+    order = list(grain.MapDataset.range(len(src)).shuffle(seed=7))
     seen = []
-    for p in (0, 1):
-        batches = list(make_train_iterator(cfg, tok, seed=7, process_index=p, process_count=2))
-        assert batches and all(b["inputs"].shape == (2, SEQ_LEN) for b in batches)
-        # This process's stream is the seed-7 permutation of all documents, sliced [p::2].
-        order = list(grain.MapDataset.range(len(src)).shuffle(seed=7)[p::2])
-        tokens, doc_of = _stream(tok, [docs[i] for i in order])
-        _check_rows_against_stream(_rows(batches), tokens, doc_of)
-        last_token = min(len(batches) * 2 * (SEQ_LEN + 1), len(tokens)) - 1
-        seen.append(set(order[: doc_of[last_token] + 1]))
+    for p, batches in enumerate(halves):
+        mine = set()
+        for r in range(2):
+            stream = order[p * 2 + r :: 4]
+            tokens, doc_of = _stream(tok, [docs[i] for i in stream])
+            _check_rows_against_stream(_stream_rows(batches, r), tokens, doc_of)
+            last_token = min(len(batches) * (SEQ_LEN + 1), len(tokens)) - 1
+            mine |= set(stream[: doc_of[last_token] + 1])
+        seen.append(mine)
     assert not seen[0] & seen[1]
     assert len(seen[0]) > 20 and len(seen[1]) > 20
     msg = _error(make_train_iterator, _cfg(path, batch_size=3), tok, seed=0, process_count=2)
