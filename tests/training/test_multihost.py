@@ -135,7 +135,7 @@ def test_dpo_on_two_processes_equals_one(sft_run, tmp_path):
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert_same_losses(one, two, 3)
     for step in one:
-        assert two[step]["rewards/accuracy"] == pytest.approx(one[step]["rewards/accuracy"])
+        assert two[step]["reward_accuracy"] == pytest.approx(one[step]["reward_accuracy"])
 
 
 def test_grpo_on_two_processes_equals_one_and_resumes_exactly(sft_run, tmp_path):
