@@ -29,6 +29,7 @@ setup(
         # by align_jax itself. torch 2.13.0 is pinned: its PyPI wheel here is the CPU build.
         "test": [
             "pytest>=8,<10",
+            "pytest-xdist>=3.8,<4",  # `make test` runs the quick tier on several workers
             "ruff>=0.6",
             "tokenizers>=0.20,<1",
             "jinja2>=3.1.6,<4",

@@ -206,19 +206,22 @@ class WorkerPool:
     def _check(self, i: int, outcomes: list) -> None:
         """Takes worker i's message if it sent one; replaces it if it died or ran out of time."""
         w = self._workers[i]
+        died = False
         if w.conn.poll():
             try:
                 message = pickle.loads(w.conn.recv_bytes())
             except (EOFError, OSError):
-                message = None  # it died; its exit code is read below
-            if message == ("ready",):
-                w.ready = True
+                died = True  # its end of the pipe closed: its exit code is read below
+            else:
+                if message == ("ready",):
+                    w.ready = True
+                else:
+                    outcomes[w.call] = Outcome(*message)
+                    w.call, w.deadline = None, float("inf")
                 return
-            if message is not None:
-                outcomes[w.call] = Outcome(*message)
-                w.call, w.deadline = None, float("inf")
-                return
-        if not w.process.is_alive() or w.conn.poll():
+        # A message that arrives after the poll above is not a death: a live worker past its
+        # deadline is a timeout, and its late answer goes with it.
+        if died or not w.process.is_alive():
             w.process.join(_STOP_GRACE_S)
             code = w.process.exitcode
             if not w.ready:
