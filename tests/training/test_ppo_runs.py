@@ -135,9 +135,10 @@ def test_ppo_raises_the_reward_model_score_with_a_bounded_kl(sft_run, reward_run
 
 
 def test_online_dpo_raises_the_reward_model_score(sft_run, reward_run, tmp_path):
-    """configs/online_dpo/tiny.py for 30 steps: pairs of the live policy judged by the reward
-    model; the held-out reward-model score rises, and the first step's loss is ln 2 (the
-    policy is its own reference)."""
+    """configs/online_dpo/tiny.py for 30 steps: the best and worst of four answers of the live
+    policy, judged by the reward model; the held-out reward-model score rises (measured
+    +0.19 to +0.38 over four seeds; with two answers a prompt it fell 2.54 -> 2.35 once),
+    and the first step's loss is ln 2 (the policy is its own reference)."""
     records, before, after = scored_run("online_dpo/tiny.py", sft_run, reward_run, tmp_path / "run")
     assert after > before + 0.1
     first = next(r for r in records if "loss" in r)
