@@ -109,6 +109,13 @@ def report(config, args, topology, mesh, result, where: str) -> str:
         "     peak   compile  model TFLOP  XLA TFLOP",
     ]
     for p in result.programs:
+        if p.out_of_memory:
+            lines.append(
+                f"{p.name:<10} does not compile: XLA needs {p.temp_bytes / GiB:.2f} GiB of "
+                f"temporaries per chip beside {p.resident_bytes / GiB:.2f} GiB resident "
+                f"({p.compile_seconds:.1f}s)"
+            )
+            continue
         xla = f"{p.compiled_flops / 1e12:10.4g}" if p.compiled_flops is not None else "       n/a"
         lines.append(
             f"{p.name:<10}{gib(p.argument_bytes)} {gib(p.output_bytes)} {gib(p.alias_bytes)} "
@@ -117,9 +124,10 @@ def report(config, args, topology, mesh, result, where: str) -> str:
             f"{p.model_flops / 1e12:12.4g} {xla}"
         )
     verdict = "fits" if result.fits(hbm) else "does NOT fit"
+    at_least = "at least " if any(p.out_of_memory for p in result.programs) else ""
     lines += [
         "",
-        f"peak {result.peak_bytes / GiB:.2f} GiB per chip of {hbm / GiB:.0f} GiB HBM "
+        f"peak {at_least}{result.peak_bytes / GiB:.2f} GiB per chip of {hbm / GiB:.0f} GiB HBM "
         f"({100 * result.peak_bytes / hbm:.0f}%): {verdict}",
         f"model FLOPs per step: {result.model_flops / 1e12:.4g} TFLOP "
         "(analytic; XLA's count runs each scanned layer body once)",

@@ -60,11 +60,13 @@ def row(p: dict) -> str:
     chips, batch = p["chips"], p["global_batch"]
     compile_s = sum(q["compile_seconds"] for q in p["programs"])
     where = "" if p["compiler"] == "tpu" else " (CPU compiler)"
+    oom = any(q["out_of_memory"] for q in p["programs"])
+    peak = f"{'> ' if oom else ''}{p['peak_bytes'] / GiB:.1f} GiB"
     return (
         f"| {os.path.basename(os.path.dirname(p['config']))}/"
         f"{os.path.basename(p['config']).removesuffix('.py')} | {p['topology']} "
         f"({chips} chips, {p['hbm_bytes'] / GiB:.0f} GiB){where} | {batch} ({batch / chips:g}) | "
-        f"{p['peak_bytes'] / GiB:.1f} GiB | {'yes' if p['fits'] else 'no'} | {compile_s:.0f} s |"
+        f"{peak} | {'yes' if p['fits'] else 'no'} | {compile_s:.0f} s |"
     )
 
 

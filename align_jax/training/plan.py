@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 
 import jax
@@ -170,6 +171,9 @@ class ProgramPlan:
     model_flops: float  # one run of the program, all chips (analytic)
     compiled_flops: float | None  # XLA's cost analysis, all chips (scans counted once)
     compile_seconds: float
+    # The TPU compiler refused the program for want of HBM: temp_bytes is what it said the
+    # temporaries need, the other sizes are unknown (0).
+    out_of_memory: bool = False
 
     @property
     def total_bytes(self) -> int:
@@ -200,7 +204,7 @@ class StagePlan:
         return sum(p.model_flops for p in self.programs)
 
     def fits(self, hbm_bytes: int) -> bool:
-        return self.peak_bytes <= hbm_bytes
+        return self.peak_bytes <= hbm_bytes and not any(p.out_of_memory for p in self.programs)
 
 
 def bytes_per_device(tree) -> int:
@@ -328,7 +332,16 @@ def _online_programs(config, objective, graphdef, tx, schedule, state, state_sh,
 def _compile(name, lowered, resident_bytes, model_flops, devices: int) -> ProgramPlan:
     """Compiles `lowered` and reads its memory and cost analyses (per device)."""
     t0 = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler refuses a program that cannot fit: that is the plan's answer.
+        needed = oom_temp_bytes(str(e))
+        if needed is None:
+            raise
+        seconds = time.perf_counter() - t0
+        return ProgramPlan(name, 0, 0, 0, needed, 0, int(resident_bytes), float(model_flops),
+                           None, seconds, out_of_memory=True)  # fmt: skip
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -346,6 +359,24 @@ def _compile(name, lowered, resident_bytes, model_flops, devices: int) -> Progra
         compiled_flops=None if flops is None else float(flops) * devices,
         compile_seconds=seconds,
     )
+
+
+_SIZE = r"([0-9.]+)\s*([KMGT]?)i?B?"
+
+
+def oom_temp_bytes(message: str) -> int | None:
+    """The memory XLA's TPU compiler says a program needs when it runs out of HBM, in bytes
+    (`... required for HLO temporaries (57.90G) exceeds available HBM (15.75G)`, or `Used
+    20.5G of 15.75G hbm`); None when `message` is not such an error."""
+    if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+        return None
+    match = re.search(r"temporaries \(" + _SIZE + r"\)", message) or re.search(
+        r"Used " + _SIZE + r" of", message
+    )
+    if match is None:
+        return None
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2)]
+    return int(float(match.group(1)) * scale)
 
 
 def _abstract_frozen(config, objective, policy, base_shapes, base_shardings):

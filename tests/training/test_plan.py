@@ -49,6 +49,23 @@ def test_bad_topology_is_one_line_naming_the_flag(name):
     assert "\n" not in str(e.value) and f"--topology={name!r}" in str(e.value)
 
 
+def test_a_program_the_tpu_compiler_cannot_fit_is_a_plan_that_does_not_fit():
+    # libtpu 0.0.52's words for configs/sft/llama3_8b.py on v5e-16, and an older form.
+    seen = (
+        "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total "
+        "memory required for HLO temporaries (57.90G) exceeds available HBM (15.75G)."
+    )
+    assert plan_lib.oom_temp_bytes(seen) == int(57.90 * GiB)
+    older = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm."
+    assert plan_lib.oom_temp_bytes(older) == int(20.5 * GiB)
+    assert plan_lib.oom_temp_bytes("INVALID_ARGUMENT: something else (1.0G)") is None
+    refused = plan_lib.ProgramPlan("train_step", 0, 0, 0, GiB, 0, GiB, 1.0, None, 1.0, True)
+    small = plan_lib.ProgramPlan("prepare", GiB, 0, 0, 0, 0, 0, 1.0, None, 1.0)
+    stage = plan_lib.StagePlan([small, refused], 16, "tpu", GiB, 0)
+    assert stage.peak_bytes == 2 * GiB and not stage.fits(100 * GiB)
+    assert plan_lib.StagePlan([small], 16, "tpu", GiB, 0).fits(100 * GiB)
+
+
 def _mesh(data, fsdp, tensor, devices):
     return parallel.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, devices)
 
