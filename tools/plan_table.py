@@ -48,6 +48,9 @@ def plan(config: str, topology: str, batch: int | None, json_dir: str) -> dict:
         cmd.append(f"--config.data.batch_size={batch}")
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode < 0:  # the OS killed the compiler: usually this host's memory
+        why = f"killed by signal {-done.returncode} while compiling (this host's RAM?)"
+        return {"config": config, "topology": topology, "error": why}
     if done.returncode:
         return {"config": config, "topology": topology, "error": done.stderr.strip()[-300:]}
     with open(out) as f:
