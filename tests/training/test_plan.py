@@ -50,7 +50,7 @@ def test_bad_topology_is_one_line_naming_the_flag(name):
 
 
 def test_a_program_the_tpu_compiler_cannot_fit_is_a_plan_that_does_not_fit():
-    # libtpu 0.0.52's words for configs/sft/llama3_8b.py on v5e-16, and an older form.
+    # libtpu 0.0.42.1's words for configs/sft/llama3_8b.py on v5e-16, and an older form.
     seen = (
         "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total "
         "memory required for HLO temporaries (57.90G) exceeds available HBM (15.75G)."
