@@ -47,12 +47,19 @@ def failure_reason(error: BaseException) -> str:
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
     text = " ".join(str(error).split()) or type(error).__name__
-    if len(text) <= 320:
-        return text
-    # The head says what failed; the OS error says why ("No space left on device"), wherever
-    # tensorstore put it in its message; otherwise the tail.
-    os_error = re.search(r"[^:\"]{0,80}\[os_error_code=[^\]]*\]", text)
-    return f"{text[:150]} ... {(os_error.group(0) if os_error else text[-160:]).strip()}"
+    reason = text
+    if len(text) > 320:
+        # The head says what failed; the OS error says why ("No space left on device"),
+        # wherever tensorstore put it in its message; otherwise the tail.
+        os_error = re.search(r"[^:\"]{0,80}\[os_error_code=[^\]]*\]", text)
+        reason = f"{text[:150]} ... {(os_error.group(0) if os_error else text[-160:]).strip()}"
+    # tensorstore does not always spell the OS error out beside its code: name it.
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if code:
+        why = os.strerror(int(code.group(1)))
+        if why not in reason:
+            reason = f"{reason} ({why})"
+    return reason
 
 
 @contextlib.contextmanager

@@ -240,3 +240,16 @@ def test_a_full_disk_while_saving_stops_with_one_line_and_the_next_run_resumes(
     # The next run (space freed) resumes from step 4 and equals the uninterrupted run.
     assert_resumes_like_the_full_run(8, workdir, full_run, tiny_data, checkpoint_every=2)
     assert checkpoint_steps(workdir) == [4, 6, 8]
+
+
+def test_a_failed_writes_reason_names_the_os_error_tensorstore_only_numbers():
+    """tensorstore's long messages end with `[os_error_code='27']`, and the words for it may
+    be far from the code (or absent): the one-line reason keeps the head, the code, and
+    names the error (a full disk run once reported no "File too large" at all)."""
+    long = "Error writing local file: " + "x" * 400 + " {\"a\": true}'] [os_error_code='27']"
+    reason = ckpt.failure_reason(ValueError(long))
+    assert reason.startswith("Error writing local file: ") and len(reason) < 400
+    assert reason.endswith("[os_error_code='27'] (File too large)")
+    named = "write failed: No space left on device [os_error_code=28]"
+    assert ckpt.failure_reason(ValueError(named)) == named  # already named: left as it is
+    assert ckpt.failure_reason(RuntimeError("plain")) == "plain"
