@@ -297,9 +297,7 @@ def _online_programs(config, objective, graphdef, tx, schedule, state, state_sh,
     opt_bytes = state_bytes - bytes_per_device(state["params"])
     # The update's tokens: the prepared batch's rows of token ids (online DPO trains on
     # pairs of rows).
-    prepared = jax.eval_shape(
-        objective.prepare_fn, state["params"], frozen, batch, state.get("objective", {})
-    )[0]
+    prepared = lowered["prepared"]
     trained = sum(
         v.size
         for k, v in prepared.items()

@@ -74,15 +74,17 @@ class RLStep:
         self._prepare = self._update = None
 
     def lower(self, state, batch, rng, frozen) -> dict:
-        """{"prepare": ..., "update": ...}: both programs lowered for arguments of these
-        shapes and shardings (`jax.ShapeDtypeStruct`s will do), for ahead-of-time
-        compilation (align_jax/training/plan.py)."""
+        """{"prepare": ..., "update": ..., "prepared": shapes}: both programs lowered for
+        arguments of these shapes and shardings (`jax.ShapeDtypeStruct`s will do), for
+        ahead-of-time compilation (align_jax/training/plan.py), and the prepared batch's
+        shapes the update takes."""
         with parallel.sharding_context(self._mesh, self._rules):
             prepared = self._compile(state, batch, frozen)
             params, objective_state = state["params"], state.get("objective", {})
             return {
                 "prepare": self._prepare.lower(params, frozen, batch, objective_state),
                 "update": self._update.lower(state, prepared, rng, frozen),
+                "prepared": prepared,
             }
 
     def _compile(self, state, batch, frozen) -> dict:

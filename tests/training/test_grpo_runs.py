@@ -10,7 +10,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from tiny_runs import checkpoint_steps, read_metrics, read_params, stage_config
+from tiny_runs import checkpoint_steps, read_metrics, read_params, run_records, stage_config
 
 from align_jax.data.records import encode_completion
 from align_jax.data.tokenizer import Tokenizer
@@ -20,9 +20,6 @@ from align_jax.training.reward_model import RewardScorer
 
 pytestmark = pytest.mark.slow
 
-# Metrics that measure this machine, not the run.
-TIMING = ("time/", "tokens_per_sec", "model_tflops_per_sec", "mfu", "generated_tokens_per_sec")
-
 
 def grpo_config(chain, name="grpo/tiny.py", init_from=None, **overrides):
     # One rollout a step unless a test turns dynamic sampling on: fewer programs to run.
@@ -31,15 +28,6 @@ def grpo_config(chain, name="grpo/tiny.py", init_from=None, **overrides):
     return stage_config(
         name, chain.data, init_from=str(init_from or chain.sft), **{**defaults, **overrides}
     )
-
-
-def run_records(workdir) -> dict[int, dict]:
-    """step -> the train record, timings left out."""
-    return {
-        r["step"]: {k: v for k, v in r.items() if not k.startswith(TIMING)}
-        for r in read_metrics(workdir)
-        if "loss" in r
-    }
 
 
 def test_resume_is_exact_with_several_updates_and_dynamic_sampling(sft_run, tmp_path):

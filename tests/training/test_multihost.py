@@ -13,7 +13,15 @@ import time
 import jax
 import numpy as np
 import pytest
-from tiny_runs import HANG_GUARD_S, REPO, read_metrics, read_params, stage_config, xla_env
+from tiny_runs import (
+    HANG_GUARD_S,
+    REPO,
+    read_metrics,
+    read_params,
+    run_records,
+    stage_config,
+    xla_env,
+)
 
 from align_jax.training import loop
 
@@ -35,8 +43,6 @@ def reserved_port():
 
 
 MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
-# Metrics that measure this machine, not the run.
-TIMING = ("time/", "tokens_per_sec", "model_tflops_per_sec", "mfu", "generated_tokens_per_sec")
 
 
 def launch(config: str, data_dir, workdir, overrides: dict) -> list[str]:
@@ -92,15 +98,6 @@ def one_process(config: str, data_dir, workdir, overrides: dict) -> None:
     loop.train(stage_config(config, data_dir, **overrides), str(workdir))
 
 
-def records(workdir) -> dict[int, dict]:
-    """step -> the train record, timings left out."""
-    return {
-        r["step"]: {k: v for k, v in r.items() if not k.startswith(TIMING)}
-        for r in read_metrics(workdir)
-        if "loss" in r
-    }
-
-
 def evaluations(workdir, key) -> dict[int, float]:
     return {r["step"]: r[key] for r in read_metrics(workdir) if key in r}
 
@@ -121,7 +118,7 @@ def test_pretraining_batches_and_losses_do_not_depend_on_the_process_count(chain
           **MESH}  # fmt: skip
     one_process("pretrain/tiny.py", chain_data, tmp_path / "one", kw)
     launch("pretrain/tiny.py", chain_data, tmp_path / "two", kw)
-    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    one, two = run_records(tmp_path / "one"), run_records(tmp_path / "two")
     assert_same_losses(one, two, 3)
     evals = [evaluations(d, "eval_loss") for d in (tmp_path / "one", tmp_path / "two")]
     assert list(evals[0]) == [3] and evals[1] == pytest.approx(evals[0], rel=1e-5)
@@ -132,7 +129,7 @@ def test_dpo_on_two_processes_equals_one(sft_run, tmp_path):
           "init_from": str(sft_run.sft), "optimizer.schedule": "constant", **MESH}  # fmt: skip
     one_process("dpo/tiny.py", sft_run.data, tmp_path / "one", kw)
     launch("dpo/tiny.py", sft_run.data, tmp_path / "two", kw)
-    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    one, two = run_records(tmp_path / "one"), run_records(tmp_path / "two")
     assert_same_losses(one, two, 3)
     for step in one:
         assert two[step]["reward_accuracy"] == pytest.approx(one[step]["reward_accuracy"])
@@ -153,7 +150,7 @@ def test_grpo_on_two_processes_equals_one_and_resumes_exactly(sft_run, tmp_path)
     outs = launch("grpo/tiny.py", sft_run.data, tmp_path / "parts", {**kw, "total_steps": 4})
     assert all("resumed from" in out and "at step 2" in out for out in outs)
 
-    one, whole, parts = (records(tmp_path / d) for d in ("one", "whole", "parts"))
+    one, whole, parts = (run_records(tmp_path / d) for d in ("one", "whole", "parts"))
     assert parts == whole
     assert_same_losses(one, whole, 4)
     for step in one:  # the same samples: the same rewards and lengths, over all 4 prompts

@@ -8,7 +8,7 @@ import logging
 import jax
 import numpy as np
 import pytest
-from tiny_runs import read_metrics, read_params, stage_config
+from tiny_runs import read_metrics, read_params, run_records, stage_config
 
 from align_jax import models, objectives, parallel
 from align_jax.loading import load_run
@@ -17,22 +17,11 @@ from align_jax.training import loop
 
 pytestmark = pytest.mark.slow
 
-# Metrics that measure this machine, not the run.
-TIMING = ("time/", "tokens_per_sec", "model_tflops_per_sec", "mfu", "generated_tokens_per_sec")
-
 
 def rl_config(name, chain, reward_run, **overrides):
     defaults = {"log_every": 1, "eval_every": 0, "optimizer.schedule": "constant",
                 "rewards.reward_model": str(reward_run)}  # fmt: skip
     return stage_config(name, chain.data, init_from=str(chain.sft), **{**defaults, **overrides})
-
-
-def run_records(workdir) -> dict[int, dict]:
-    return {
-        r["step"]: {k: v for k, v in r.items() if not k.startswith(TIMING)}
-        for r in read_metrics(workdir)
-        if "loss" in r
-    }
 
 
 def initial_value_params(cfg):

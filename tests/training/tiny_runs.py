@@ -143,6 +143,20 @@ def train_losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
 
 
+# Metrics that measure this machine, not the run.
+TIMING = ("time/", "tokens_per_sec", "model_tflops_per_sec", "mfu", "generated_tokens_per_sec")
+
+
+def run_records(workdir) -> dict[int, dict]:
+    """step -> the train record of metrics.jsonl, timings left out (what two runs that
+    should agree must log alike)."""
+    return {
+        r["step"]: {k: v for k, v in r.items() if not k.startswith(TIMING)}
+        for r in read_metrics(workdir)
+        if "loss" in r
+    }
+
+
 def checkpoint_steps(workdir) -> list[int]:
     """The steps with a committed checkpoint folder in `workdir/checkpoints` (none yet: [])."""
     folder = os.path.join(workdir, "checkpoints")
