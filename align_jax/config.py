@@ -118,6 +118,10 @@ def model_config(preset: str | None = None, **overrides) -> ml_collections.Confi
     m.init_std = 0.02
     m.param_dtype = "float32"
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
+    # Attention kernel of the forward without a KV cache (training, scoring; the sampler's
+    # decode always uses xla): xla (reference, any device) | splash (Pallas splash attention,
+    # TPU; interpreted, slowly, elsewhere) | cudnn (cuDNN flash attention, NVIDIA GPU, bf16).
+    m.attention = "xla"
     m.remat = "none"  # none | full | dots (save matmul outputs) | dots_no_batch
     m.head = "lm"  # lm: next-token logits; scalar: one score per token (reward / value models)
     # LoRA (arXiv 2106.09685; align_jax/models/lora.py): rank > 0 trains only adapters on

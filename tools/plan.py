@@ -57,10 +57,12 @@ def main(argv=None) -> int:
     on_tpu = not args.cpu and importlib.util.find_spec("libtpu") is not None
     if on_tpu:
         # libtpu looks for the TPU VM it runs on (metadata server, worker names) and logs
-        # each failure; here it only compiles, for a topology described below.
+        # each failure; here it only compiles, for a topology described below. Nor does it
+        # hold a TPU, so several plans may run at once (libtpu's lockfile would refuse).
         for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
                            ("TPU_ACCELERATOR_TYPE", topology.slice_name),
-                           ("TPU_STDERR_LOG_LEVEL", "3"), ("TPU_MIN_LOG_LEVEL", "3")):  # fmt: skip
+                           ("TPU_STDERR_LOG_LEVEL", "3"), ("TPU_MIN_LOG_LEVEL", "3"),
+                           ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):  # fmt: skip
             os.environ.setdefault(key, value)
 
     import jax
@@ -100,7 +102,8 @@ def report(config, args, topology, mesh, result, where: str) -> str:
         f"plan of {args.config} on {where}",
         f"mesh {dict(mesh.shape)}; global batch {config.data.batch_size} "
         f"({config.data.batch_size / topology.chips:g} per chip); compute {config.model.dtype}, "
-        f"params {config.model.param_dtype}, remat {config.model.remat}",
+        f"params {config.model.param_dtype}, remat {config.model.remat}, "
+        f"attention {config.model.attention}{_kernels(result)}",
         f"resident per chip: train state {result.state_bytes / unit:.2f} {name}, "
         f"frozen models {result.frozen_bytes / unit:.2f} {name}",
         "",
@@ -133,6 +136,12 @@ def report(config, args, topology, mesh, result, where: str) -> str:
         "(analytic; XLA's count runs each scanned layer body once)",
     ]
     return "\n".join(lines)
+
+
+def _kernels(result) -> str:
+    """How many Pallas TPU kernels (splash attention) each program compiled, if any."""
+    counts = [f"{p.name} {p.tpu_kernels}" for p in result.programs if p.tpu_kernels]
+    return f" (Pallas TPU kernels: {', '.join(counts)})" if counts else ""
 
 
 def as_json(config, args, topology, mesh, result, on_tpu: bool) -> dict:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from align_jax.models.attention import Segments, check_attention, fused_attention
 from align_jax.models.lora import add_adapters
 from align_jax.parallel import constrain
 
@@ -219,6 +220,7 @@ class Attention(nnx.Module):
         d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         if h % k:
             raise ValueError(f"config.model: n_heads={h} is not a multiple of n_kv_heads={k}")
+        check_attention(cfg)
         ly = ("layers",) * len(stack)
         self.q_kernel = new_param(
             rngs, (*stack, d, h, hd), (*ly, "embed", "heads", "head_dim"), cfg, "normal"
@@ -254,7 +256,10 @@ class Attention(nnx.Module):
         x's keys and values at slots [index, index + L). `cache = (k, v, index)` is this
         layer's cache (keys [B, K, Dh, S], values [B, K, S, Dh]); `(k, v, index, layer)`
         is the whole stacked cache ([layers, ...] each) of which this is layer `layer`.
-        Returns `(out, (k, v))`: the updated cache as given, or None without one."""
+        Returns `(out, (k, v))`: the updated cache as given, or None without one.
+
+        `mask`: a dense [B, 1, 1, L, S] boolean mask for the XLA reference, or, without a
+        cache, `Segments` for the fused kernel `config.model.attention` names."""
         cfg = self.cfg
         q = constrain(self.project(x, "q"), ("batch", "length", "heads", "head_dim"))
         k = constrain(self.project(x, "k"), ("batch", "length", "kv_heads", "head_dim"))
@@ -262,6 +267,11 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, rope), rotate(k, rope)
+        scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
+        if isinstance(mask, Segments):  # a fused kernel (config.model.attention)
+            out = fused_attention(cfg, q * jnp.asarray(scale, q.dtype), k, v, mask, _NO_WINDOW)
+            out = constrain(out.astype(x.dtype), ("batch", "length", "heads", "head_dim"))
+            return linear(self, "o", out, n_in=2), None
         # Heads-major layout: values [B, K, L, Dh], keys [B, K, L, Dh] or, in a cache,
         # [B, K, Dh, S] (slots last; see below).
         v = v.transpose(0, 2, 1, 3)
@@ -292,7 +302,6 @@ class Attention(nnx.Module):
             else:
                 k, v = k.astype(q.dtype), v.astype(q.dtype)
             scores = "bkgld,bkdm->bkglm"
-        scale = cfg.query_scale if cfg.query_scale else cfg.head_dim**-0.5
         b, length, h, hd = q.shape
         kv = cfg.n_kv_heads
         groups = h // kv

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from align_jax.models.attention import Segments
 from align_jax.models.layers import (
     Block,
     RMSNorm,
@@ -65,7 +66,11 @@ class Transformer(nnx.Module):
             positions_bl = jnp.broadcast_to(jnp.arange(tokens_bl.shape[1]), tokens_bl.shape)
         if segment_ids_bl is None:
             segment_ids_bl = jnp.ones_like(tokens_bl)
-        x = self.run_layers(self.embed(tokens_bl), positions_bl, attention_mask(segment_ids_bl))
+        if self.cfg.get("attention", "xla") == "xla":
+            mask = attention_mask(segment_ids_bl)
+        else:  # a fused kernel builds its mask from the segment ids
+            mask = Segments(segment_ids_bl, window=None)
+        x = self.run_layers(self.embed(tokens_bl), positions_bl, mask)
         return self.final_norm(x)
 
     def embed(self, tokens_bl) -> jax.Array:
@@ -85,7 +90,8 @@ class Transformer(nnx.Module):
         layer, or, with a stacked `cache = (k, v, index)` riding in the scan's carry (the
         cached decode, `align_jax.models.decode.extend`), `(x, (k, v))`.
 
-        `mask` [B, 1, 1, L, S]: which keys each query sees (before sliding windows).
+        `mask` [B, 1, 1, L, S]: which keys each query sees (before sliding windows); or,
+        without a cache, the `Segments` a fused attention kernel takes.
         `distance` [L, S] (query slot - key slot) places keys in sliding windows; it
         defaults to token-index distance, the position distance within a packed document.
         `rope`: all layers' rotary tables for `positions_bl` ([layers, B, L, 1, Dh/2] each);
@@ -104,7 +110,10 @@ class Transformer(nnx.Module):
             layer_state, layer_rope, window, layer = xs
             layer_cache = None if kv is None else (*kv, cache[2], layer)
             block = nnx.merge(graphdef, layer_state)
-            layer_mask = window_mask(cfg, mask, distance, window)
+            if isinstance(mask, Segments):
+                layer_mask = mask._replace(window=window)
+            else:
+                layer_mask = window_mask(cfg, mask, distance, window)
             if rope is None:  # layer_rope: this layer's inverse frequencies
                 layer_rope = rope_tables(positions_bl, layer_rope)
             return block(x, layer_rope, layer_mask, layer_cache), None

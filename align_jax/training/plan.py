@@ -174,6 +174,9 @@ class ProgramPlan:
     # The TPU compiler refused the program for want of HBM: temp_bytes is what it said the
     # temporaries need, the other sizes are unknown (0).
     out_of_memory: bool = False
+    # Pallas TPU kernels in the compiled program (config.model.attention=splash: its forward
+    # and two backward kernels per distinct mask); 0 for the XLA attention or a CPU plan.
+    tpu_kernels: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -345,6 +348,7 @@ def _compile(name, lowered, resident_bytes, model_flops, devices: int) -> Progra
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = (cost or {}).get("flops")
+    kernels = compiled.as_text().count('custom_call_target="tpu_custom_call"')
     return ProgramPlan(
         name=name,
         argument_bytes=int(mem.argument_size_in_bytes),
@@ -356,6 +360,7 @@ def _compile(name, lowered, resident_bytes, model_flops, devices: int) -> Progra
         model_flops=float(model_flops),
         compiled_flops=None if flops is None else float(flops) * devices,
         compile_seconds=seconds,
+        tpu_kernels=kernels,
     )
 
 

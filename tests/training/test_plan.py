@@ -2,6 +2,7 @@
 bytes against sums of the arguments' shards, model FLOPs against the PaLM count written out
 here, and the command line."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -163,3 +164,30 @@ def test_plan_command_line(tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "--topology='v5p-12'" in bad.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="needs libtpu (pip install -e '.[tpu]'): compiles for a TPU topology",
+)
+def test_splash_attention_compiles_into_pallas_tpu_kernels(tmp_path):
+    """With libtpu, the planner compiles splash for TPU chips: its forward and two backward
+    kernels once in the scanned layer, twice that when local and global layers alternate
+    (a lax.cond between two masks); the XLA attention has none."""
+    kernels = {}
+    for name, extra in [
+        ("xla", []),
+        ("splash", ["--config.model.attention=splash"]),
+        ("splash_local_global", ["--config.model.attention=splash",
+                                 "--config.model.sliding_window=16",
+                                 "--config.model.sliding_pattern=2"]),
+    ]:  # fmt: skip
+        out = tmp_path / f"{name}.json"
+        cmd = [sys.executable, "tools/plan.py", "--config=configs/pretrain/tiny.py",
+               "--topology=v5p-8", f"--json={out}", *extra]  # fmt: skip
+        done = subprocess.run(cmd, cwd=REPO, env=xla_env(devices=1), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        plan = json.loads(out.read_text())
+        assert plan["compiler"] == "tpu" and plan["fits"]
+        kernels[name] = plan["programs"][0]["tpu_kernels"]
+    assert kernels == {"xla": 0, "splash": 3, "splash_local_global": 6}
