@@ -44,8 +44,10 @@ def reference_keys() -> dict:
     """`config.objective` keys of every objective with a frozen reference model (the training
     loop reads them to load it)."""
     return {
-        "reference_from": "",  # "" = config.init_from
-        "precompute_ref_logps": False,  # one pass before training, cached in the workdir
+        "reference_from": "",  # the frozen reference's run or checkpoint; "" = config.init_from
+        # Reference log-probs from one pass before training, cached in the workdir: no
+        # reference model in memory while training.
+        "precompute_ref_logps": False,
     }
 
 

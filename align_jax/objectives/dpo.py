@@ -44,15 +44,18 @@ _TYPES = DPO_LOSS_TYPES + ("sft",)
 def defaults() -> ml_collections.ConfigDict:
     """DPO's `config.objective` keys and their defaults."""
     o = ml_collections.ConfigDict()
-    o.name = "dpo"
+    o.name = "dpo"  # the objective this config trains
+    # One of align_jax.losses.DPO_LOSS_TYPES or sft (chosen NLL), or several comma-joined.
     o.loss_type = "sigmoid"
-    o.beta = 0.1
+    o.beta = 0.1  # β: implicit reward β·(log π − log π_ref); larger stays nearer the reference
+    # ε: label noise for sigmoid (conservative DPO), robust, exo_pair, aot*; others ignore it.
     o.label_smoothing = 0.0
     o.loss_weights = ""  # comma list, one per comma-joined loss_type; "" = all 1
     o.soft_labels = False  # use the pairs' `label` field as soft preference q
-    # f_divergence: reverse_kl | forward_kl | js_divergence | alpha_divergence
+    # The divergence to the reference the loss regularises with: reverse_kl (plain DPO) |
+    # forward_kl | js_divergence | alpha_divergence.
     o.f_divergence = "reverse_kl"
-    o.f_alpha = 0.5
+    o.f_alpha = 0.5  # α of alpha_divergence, in (0, 1]
     o.wpo = False  # WPO pair weights (arXiv 2406.11827)
     o.ld_alpha = 1.0  # < 1: LD-DPO length desensitisation (arXiv 2409.06411)
     o.update(reference_keys())

@@ -76,32 +76,34 @@ def grpo_defaults() -> ml_collections.ConfigDict:
     """GRPO's `config.objective` keys (TRL's `GRPOConfig` defaults where it has the key)."""
     return ml_collections.ConfigDict(
         {
-            "name": "grpo",
-            "loss_type": "dapo",
+            "name": "grpo",  # the objective this config trains
+            "loss_type": "dapo",  # loss aggregation over tokens: grpo | bnpo | dr_grpo | dapo
             "num_generations": 8,  # G completions per prompt
             "beta": 0.0,  # k3 KL to the reference in the loss; 0 loads no reference
-            "epsilon_low": 0.2,
-            "epsilon_high": 0.2,  # > epsilon_low: DAPO's clip-higher
+            "epsilon_low": 0.2,  # clip range: the ratio is clipped to [1 − low, 1 + high]
+            "epsilon_high": 0.2,  # upper clip range; > epsilon_low is DAPO's clip-higher
             "delta": 0.0,  # two-sided clipping: cap on the unclipped ratio; 0 = off
-            "importance_sampling_level": "token",  # token | sequence (GSPO)
-            "policy_loss": "clip",  # clip | cispo
+            "importance_sampling_level": "token",  # ratio per token | per sequence (GSPO)
+            "policy_loss": "clip",  # clip (clipped surrogate) | cispo (CISPO)
             "advantage_estimator": "grpo",  # grpo | rloo | reinforce_pp | reinforce_pp_baseline
             "scale_rewards": "group",  # grpo estimator: group | batch | none (Dr. GRPO)
             "reward_kl_coef": 0.0,  # reinforce_pp*: KL folded into per-token rewards
             "num_iterations": 1,  # μ: passes over each rollout batch
             "num_minibatches": 1,  # optimizer updates per pass
-            "mask_truncated_completions": False,
+            "mask_truncated_completions": False,  # completions without eos add no loss token
             # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more
             # prompts, at most `max_sampling_rounds` rollouts per step in all.
             "dynamic_sampling": False,
-            "max_sampling_rounds": 4,
+            "max_sampling_rounds": 4,  # dynamic_sampling: at most this many rollouts per step
             # DAPO overlong shaping: a penalty ramping from 0 to -overlong_penalty_factor over
             # the last `overlong_buffer` tokens before max_new_tokens; 0 = off.
             "overlong_buffer": 0,
-            "overlong_penalty_factor": 1.0,
-            "rollout_correction": "off",  # off | token | sequence
-            "rollout_correction_cap": 2.0,
-            "reference_from": "",  # "" = config.init_from
+            "overlong_penalty_factor": 1.0,  # the overlong penalty's size at max_new_tokens
+            # Truncated importance weights for sampler log-probs that differ from the
+            # trainer's: off | token | sequence.
+            "rollout_correction": "off",
+            "rollout_correction_cap": 2.0,  # C >= 1: rollout_correction's cap on the weights
+            "reference_from": "",  # the frozen reference's run or checkpoint; "" = config.init_from
         }
     )
 
@@ -110,12 +112,14 @@ def rollout_config() -> ml_collections.ConfigDict:
     """`config.rollout`: how the policy is sampled in training and in eval, and sample logs."""
     return ml_collections.ConfigDict(
         {
-            "max_new_tokens": 32,
-            "temperature": 1.0,  # the log-probs of both sides are those of softmax(logits / T)
-            "top_k": 0,  # 0: off
-            "top_p": 1.0,  # 1: off
+            "max_new_tokens": 32,  # completion length cap, in tokens (eos included)
+            # Sampling temperature (0: greedy); the update's log-probs on both sides are those
+            # of softmax(logits / T).
+            "temperature": 1.0,
+            "top_k": 0,  # sample among the k most likely tokens; 0: off
+            "top_p": 1.0,  # nucleus sampling's probability mass; 1: off
             "eval_num_samples": 4,  # k of pass@k: samples per held-out prompt
-            "eval_temperature": 1.0,
+            "eval_temperature": 1.0,  # sampling temperature of the eval samples; 0: greedy
             "pass_threshold": 1.0,  # a sample passes when its total reward is at least this
             "log_samples_every": 0,  # steps between samples.jsonl records; 0: off
             "log_samples": 2,  # prompts (with all their completions) per record

@@ -44,9 +44,15 @@ def defaults() -> ml_collections.ConfigDict:
     `undesirable_weight` are TRL's names; the KTO paper keeps w_d n_d / (w_u n_u) in
     [1, 4/3]."""
     return ml_collections.ConfigDict(
-        {"name": "kto", "loss_type": "kto", "beta": 0.1, "desirable_weight": 1.0,
-         "undesirable_weight": 1.0, **reference_keys()}
-    )  # fmt: skip
+        {
+            "name": "kto",  # the objective this config trains
+            "loss_type": "kto",  # kto | apo_zero_unpaired (reference point z0 = 0)
+            "beta": 0.1,  # β: scale of the log-ratio to the reference ρ − z0
+            "desirable_weight": 1.0,  # w_d: loss weight of desirable examples (label 1)
+            "undesirable_weight": 1.0,  # w_u: loss weight of undesirable examples (label 0)
+            **reference_keys(),
+        }
+    )
 
 
 def mismatched_rows(tokens, mask, segment_ids, shift: int = 1):

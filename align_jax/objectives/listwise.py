@@ -41,9 +41,14 @@ def defaults() -> ml_collections.ConfigDict:
     """The listwise objective's `config.objective` keys and their defaults (`score_tau` is
     soft_pairwise's τ; `reference_from` "" means config.init_from)."""
     return ml_collections.ConfigDict(
-        {"name": "listwise", "loss_type": "plackett_luce", "beta": 0.1, "score_tau": 1.0,
-         "reference_from": ""}
-    )  # fmt: skip
+        {
+            "name": "listwise",  # the objective this config trains
+            "loss_type": "plackett_luce",  # plackett_luce (ranks) | soft_pairwise (scores)
+            "beta": 0.1,  # β of the implicit rewards u_k = β (L_k − L_k_ref)
+            "score_tau": 1.0,  # soft_pairwise: τ in q_ij = σ((s_i − s_j) / τ); > 0
+            "reference_from": "",  # the frozen reference's run or checkpoint; "" = config.init_from
+        }
+    )
 
 
 @register("listwise", loss_types=LOSS_TYPES, defaults=defaults)

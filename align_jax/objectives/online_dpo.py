@@ -39,15 +39,16 @@ def defaults() -> ml_collections.ConfigDict:
     """Online DPO's `config.objective` keys (DPO's loss options, the pair sampling)."""
     return ml_collections.ConfigDict(
         {
-            "name": "online_dpo",
-            "loss_type": "sigmoid",
-            "beta": 0.1,
-            "label_smoothing": 0.0,
+            "name": "online_dpo",  # the objective this config trains
+            "loss_type": "sigmoid",  # as dpo's: a DPO_LOSS_TYPES entry or sft, or comma-joined
+            "beta": 0.1,  # β: implicit reward β·(log π − log π_ref)
+            "label_smoothing": 0.0,  # ε: label noise, for the loss types that use it (as dpo)
             "loss_weights": "",  # comma list, one per comma-joined loss_type; "" = all 1
+            # reverse_kl (plain DPO) | forward_kl | js_divergence | alpha_divergence
             "f_divergence": "reverse_kl",
-            "f_alpha": 0.5,
+            "f_alpha": 0.5,  # α of alpha_divergence, in (0, 1]
             "num_generations": 2,  # completions per prompt: best and worst become the pair
-            "reference_from": "",  # "" = config.init_from
+            "reference_from": "",  # the frozen reference's run or checkpoint; "" = config.init_from
         }
     )
 

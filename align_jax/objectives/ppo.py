@@ -64,26 +64,27 @@ def defaults() -> ml_collections.ConfigDict:
     """PPO's `config.objective` keys (TRL's `PPOConfig` defaults where it has the key)."""
     return ml_collections.ConfigDict(
         {
-            "name": "ppo",
-            "loss_type": "clip",
+            "name": "ppo",  # the objective this config trains
+            "loss_type": "clip",  # the clipped surrogate, the only one
             "num_generations": 1,  # completions per prompt
-            "kl_coef": 0.05,  # β_kl: the initial value when adaptive
-            "kl_estimator": "k1",  # k1 | k2 | k3, per token
-            "adaptive_kl": False,  # Ziegler et al.'s controller
-            "kl_target": 6.0,  # its target KL per completion
-            "kl_horizon": 10000.0,  # its horizon, in completions
-            "missing_eos_penalty": 0.0,  # off the score of a completion without eos; 0 = off
-            "gamma": 1.0,
-            "lam": 0.95,
-            "whiten_advantages": True,
-            "clip_eps": 0.2,  # TRL's cliprange
-            "clip_eps_value": 0.2,  # TRL's cliprange_value
-            "vf_coef": 0.1,
+            "kl_coef": 0.05,  # β_kl of the per-token KL penalty (the initial value when adaptive)
+            "kl_estimator": "k1",  # the per-token KL's estimator: k1 | k2 | k3
+            "adaptive_kl": False,  # adapt kl_coef toward kl_target (Ziegler et al.'s controller)
+            "kl_target": 6.0,  # adaptive_kl: the target KL per completion
+            "kl_horizon": 10000.0,  # adaptive_kl: the controller's horizon, in completions
+            "missing_eos_penalty": 0.0,  # taken off the score of a completion without eos; 0 = off
+            "gamma": 1.0,  # γ: GAE's per-token discount
+            "lam": 0.95,  # λ: GAE's bias-variance trade-off
+            "whiten_advantages": True,  # whiten advantages over the batch's completion tokens
+            "clip_eps": 0.2,  # policy ratio clipped to [1 − ε, 1 + ε] (TRL's cliprange)
+            "clip_eps_value": 0.2,  # values clipped to V_old ± this (TRL's cliprange_value)
+            "vf_coef": 0.1,  # value loss weight: pg + vf_coef · vf
             "ppo_epochs": 4,  # passes over each rollout batch
-            "num_minibatches": 1,  # updates per pass
-            "value_from": "",  # "" = config.rewards.reward_model, else config.init_from
-            "value_learning_rate": 0.0,  # 0 = config.optimizer.learning_rate
-            "reference_from": "",  # "" = config.init_from
+            "num_minibatches": 1,  # optimizer updates per pass (minibatches of the rollout batch)
+            # The value model's start: "" = config.rewards.reward_model, else config.init_from.
+            "value_from": "",
+            "value_learning_rate": 0.0,  # the value model's lr; 0 = config.optimizer.learning_rate
+            "reference_from": "",  # the frozen reference's run or checkpoint; "" = config.init_from
         }
     )
 

@@ -16,8 +16,13 @@ from align_jax.objectives.base import Objective, register
 
 
 def _defaults(name: str) -> ml_collections.ConfigDict:
-    # z_loss: weight of PaLM's log Z² term per token (arXiv 2204.02311); 0 disables.
-    return ml_collections.ConfigDict({"name": name, "loss_type": "cross_entropy", "z_loss": 0.0})
+    return ml_collections.ConfigDict(
+        {
+            "name": name,  # the objective this config trains: pretrain | sft
+            "loss_type": "cross_entropy",  # next-token cross-entropy, the only one
+            "z_loss": 0.0,  # weight of PaLM's log Z² term per token (arXiv 2204.02311); 0 disables
+        }
+    )
 
 
 def pretrain_defaults() -> ml_collections.ConfigDict:

@@ -38,23 +38,39 @@ def simpo_defaults() -> ml_collections.ConfigDict:
     """SimPO's `config.objective` keys. γ = 1 is the SimPO repository's base setting (with
     β = 2); TRL's `simpo_gamma` defaults to 0.5."""
     return ml_collections.ConfigDict(
-        {"name": "simpo", "loss_type": "simpo", "beta": 0.1, "label_smoothing": 0.0,
-         "simpo_gamma": 1.0}
-    )  # fmt: skip
+        {
+            "name": "simpo",  # the objective this config trains
+            "loss_type": "simpo",  # the only one
+            "beta": 0.1,  # β: scale of the length-normalised log-prob margin
+            "label_smoothing": 0.0,  # ε: assumed label noise, as DPO's sigmoid loss
+            "simpo_gamma": 1.0,  # γ: target reward margin subtracted inside the sigmoid
+        }
+    )
 
 
 def cpo_defaults() -> ml_collections.ConfigDict:
     """CPO's `config.objective` keys; `cpo_alpha` weighs the NLL term on chosen (TRL's name)."""
     return ml_collections.ConfigDict(
-        {"name": "cpo", "loss_type": "cpo", "beta": 0.1, "label_smoothing": 0.0,
-         "cpo_alpha": 1.0}
-    )  # fmt: skip
+        {
+            "name": "cpo",  # the objective this config trains
+            "loss_type": "cpo",  # the only one
+            "beta": 0.1,  # β: scale of the summed log-prob margin Lc − Lr
+            "label_smoothing": 0.0,  # ε: assumed label noise, as DPO's sigmoid loss
+            "cpo_alpha": 1.0,  # α: weight of the NLL term on the chosen completion
+        }
+    )
 
 
 def orpo_defaults() -> ml_collections.ConfigDict:
     """ORPO's `config.objective` keys; `orpo_lambda` weighs the odds-ratio term (TRL calls it
     beta)."""
-    return ml_collections.ConfigDict({"name": "orpo", "loss_type": "orpo", "orpo_lambda": 0.1})
+    return ml_collections.ConfigDict(
+        {
+            "name": "orpo",  # the objective this config trains
+            "loss_type": "orpo",  # the only one
+            "orpo_lambda": 0.1,  # λ: weight of the odds-ratio term beside the chosen NLL
+        }
+    )
 
 
 def _build(name: str, config, graphdef) -> Objective:

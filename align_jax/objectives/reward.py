@@ -21,7 +21,11 @@ def defaults() -> ml_collections.ConfigDict:
     """The reward model's `config.objective` keys; `center_coef` adds
     `c · (r_chosen + r_rejected)²`, keeping rewards near zero."""
     return ml_collections.ConfigDict(
-        {"name": "reward", "loss_type": "bradley_terry", "center_coef": 0.0}
+        {
+            "name": "reward",  # the objective this config trains (needs model.head = "scalar")
+            "loss_type": "bradley_terry",  # −log σ(r_chosen − r_rejected − margin), the only one
+            "center_coef": 0.0,  # c of c · (r_chosen + r_rejected)²; 0 disables
+        }
     )
 
 

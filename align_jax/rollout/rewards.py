@@ -128,14 +128,16 @@ def default_config() -> ml_collections.ConfigDict:
     pool (`num_workers`, 0 for none; `timeout_s` per call, 0 for none) and `timeout_reward`."""
     return ml_collections.ConfigDict(
         {
+            # Comma list of reward functions: registered names (answer_match, r1_format,
+            # length, math_equiv, reward_model) or dotted paths `package.module.fn`.
             "functions": "answer_match",
-            "weights": "",
-            "answer_extraction": "last_number",
-            "length_target": 2000,
-            "length_limit": 4000,
-            "timeout_s": 60.0,
-            "timeout_reward": 0.0,
-            "num_workers": 2,
+            "weights": "",  # comma list, one weight per function; "" = all 1
+            "answer_extraction": "last_number",  # answer_match: last_number | boxed | answer_tag
+            "length_target": 2000,  # length: characters allowed before the penalty starts
+            "length_limit": 4000,  # length: characters at which the penalty reaches −1
+            "timeout_s": 60.0,  # seconds per call of a function in a worker; 0: no limit
+            "timeout_reward": 0.0,  # every sample's reward from a call that timed out
+            "num_workers": 2,  # worker processes for Python functions; 0: in this process
             # A trained reward model's run, listed in `functions` as "reward_model" (online RL
             # loads it on the mesh: align_jax/training/reward_model.py); "" for none.
             "reward_model": "",
