@@ -2,12 +2,19 @@
 
     python -m align_jax.generate --workdir=runs/demo/sft --input=prompts.jsonl \
         [--output=out.jsonl] [--max_new_tokens=64 --temperature=0.7 --top_p=0.9 --n=4] \
-        [--chat] [--reward_workdir=runs/demo/reward]
+        [--chat] [--reward_workdir=runs/demo/reward [--best_of_n=16]]
 
 Input: JSONL records with a `prompt` field (other fields are passed through), or, from
 stdin (`--input=-`, the default), plain lines, each line one prompt. Output: one JSONL
 record per sample: the input fields, `completion`, `sample` (0..n-1), `num_tokens`,
 `finished` (ended with eos), and `score` when a reward model is given.
+
+`--best_of_n=N` (with `--reward_workdir`): best-of-n sampling. It draws N samples per prompt
+(`--n` is then ignored), scores them with the reward model and writes one record per prompt:
+the highest-scored sample, its `score`, `sample` (which of the N), `best_of_n` and every
+sample's `scores`. Its KL to the sampling policy is at most log N - (N - 1) / N nats
+(Stiennon et al., arXiv 2009.01325), the usual x-axis for best-of-n in over-optimisation
+plots.
 
 `--chat` renders each prompt as a user turn of the run's chat template (config.data
 .chat_template) followed by the assistant marker, as SFT trained it; with `checkpoint`, the
@@ -44,6 +51,18 @@ def render(prompt: str, chat_template: str | None, tokenizer: Tokenizer) -> str:
     return t["prefix"]["user"] + prompt + t["suffix"]["user"] + t["prefix"]["assistant"]
 
 
+def best_of(results: list[dict], n: int) -> list[dict]:
+    """The highest-scored of each prompt's `n` consecutive samples (the first on a tie), with
+    `best_of_n` and all `n` scores."""
+    best = []
+    for lo in range(0, len(results), n):
+        group = results[lo : lo + n]
+        scores = [r["score"] for r in group]
+        top = max(range(n), key=lambda i: (scores[i], -i))
+        best.append({**group[top], "best_of_n": n, "scores": scores})
+    return best
+
+
 def main(argv=None) -> int:
     p = cli.ArgumentParser(prog="python -m align_jax.generate", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="run directory of any stage (an LM head)")
@@ -59,10 +78,19 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=16, help="prompts per sampler call")
     p.add_argument("--chat", action="store_true", help="render prompts with the chat template")
     p.add_argument("--reward_workdir", default=None, help="score samples with this reward model")
+    p.add_argument(
+        "--best_of_n",
+        type=int,
+        default=0,
+        help="draw N samples a prompt, keep the one the reward model scores highest",
+    )
     try:
         args = p.parse_args(argv)
+        if args.best_of_n < 0 or (args.best_of_n and not args.reward_workdir):
+            raise cli.UsageError("--best_of_n=N needs N >= 1 and --reward_workdir")
     except cli.UsageError as e:
         return cli.report(e)
+    n = args.best_of_n or args.n
     try:
         records = read_prompts(args.input)
         config, graphdef, params, mesh = loading.load_run(args.workdir, step=args.step)
@@ -72,7 +100,7 @@ def main(argv=None) -> int:
         sampler = Sampler(
             graphdef, mesh, config.sharding.rules, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id
         )
-        sp = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.n)
+        sp = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, n)
         template = config.data.chat_template if args.chat else None
         scorer = None
         if args.reward_workdir:
@@ -97,7 +125,7 @@ def main(argv=None) -> int:
                     {
                         **chunk[i],
                         "completion": text,
-                        "sample": row % args.n,
+                        "sample": row % n,
                         "num_tokens": n_tok,
                         "finished": finished,
                     }
@@ -108,13 +136,16 @@ def main(argv=None) -> int:
             )
             for r, s in zip(results, scores, strict=True):
                 r["score"] = float(s)
+            if args.best_of_n:
+                results = best_of(results, args.best_of_n)
         out_file = sys.stdout if args.output == "-" else open(args.output, "w")
     except (DataError, ckpt.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    with out_file:
-        for r in results:
-            out_file.write(json.dumps(r) + "\n")
+    for r in results:
+        out_file.write(json.dumps(r) + "\n")
+    if out_file is not sys.stdout:
+        out_file.close()
     return 0
 
 
