@@ -36,7 +36,11 @@ setup(
             "torch==2.13.0",
             "transformers>=5.24,<5.25",
             "math-verify>=0.9,<0.10",  # the `math` extra, so `math_equiv` is tested
+            "wandb>=0.26,<0.32",  # the `wandb` extra, so W&B logging is tested (offline)
+            "matplotlib>=3.10,<4",  # the `demo` extra: the demo's test draws its plots
         ],
+        # `make demo`: its plots.
+        "demo": ["matplotlib>=3.10,<4"],
         # The TPU build of jax: optional, never needed on a laptop or GPU box.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         # Hugging Face interop: tokenizer.json tokenizers and checkpoints' chat templates.
@@ -44,5 +48,8 @@ setup(
         "hf": ["tokenizers>=0.20,<1", "jinja2>=3.1.6,<4"],
         # The `math_equiv` reward function (align_jax.rollout.rewards).
         "math": ["math-verify>=0.9,<0.10"],
+        # Weights & Biases logging (config.wandb). 0.26 is the first to allow protobuf 7;
+        # tested with 0.26.0 and 0.31.0.
+        "wandb": ["wandb>=0.26,<0.32"],
     },
 )

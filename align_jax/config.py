@@ -161,6 +161,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""
     c.peak_tflops_per_device = 0.0  # peak TFLOP/s for MFU; 0: by device kind (unknown: no MFU)
     c.progress_bar = True  # a tqdm progress bar, only drawn on a terminal
+    # Weights & Biases (align_jax/training/wandb_log.py): process 0 also logs the metrics, the
+    # config and online RL's samples table to a W&B run.
+    c.wandb = ml_collections.ConfigDict(
+        {
+            "enabled": False,  # also log to W&B; needs pip install -e ".[wandb]"
+            "project": "align_jax",  # the W&B project
+            "entity": "",  # the W&B team or user; "": your default entity
+            "name": "",  # the run's name; "": the workdir's folder name
+            "tags": "",  # comma list of the run's tags
+            # online | offline (the run stays in workdir/wandb; upload it with `wandb sync`)
+            "mode": "online",
+        }
+    )
 
     c.mesh = ml_collections.ConfigDict(
         {

@@ -33,7 +33,7 @@ from align_jax.interop import hf_config
 from align_jax.training import init as init_lib
 from align_jax.training import lora as lora_training
 from align_jax.training import metrics as metrics_lib
-from align_jax.training import reference
+from align_jax.training import reference, wandb_log
 from align_jax.training import sources as sources_lib
 from align_jax.training import step as step_lib
 from align_jax.training.errors import Interrupted, TrainingError
@@ -147,6 +147,7 @@ def train(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack) -> dict:
+    wandb_log.check(config.wandb)  # a missing package fails here, before anything slow
     mesh = parallel.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding.rules)
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
@@ -179,7 +180,7 @@ def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack)
     )  # fmt: skip
     table_kwargs = lambda split: {"ref_table": ref_tables[split]} if ref_tables else {}  # noqa: E731
     source = sources_lib.make_source(
-        config, objective, data, tokenizer, sources, ref_tables, graphdef, mesh, rules, workdir
+        config, objective, data, tokenizer, sources, ref_tables, graphdef, mesh, rules
     )
     cleanup.enter_context(contextlib.closing(source))  # an online source's reward workers
     if base is not None:
@@ -222,8 +223,13 @@ def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack)
         eval_step = jax.jit(step_lib.make_eval_step(objective))
         base_rng = jax.random.key(config.seed)
 
-        writer = metrics_lib.MetricsWriter(workdir, config.total_steps, start, config.progress_bar)
-        source.start(start)
+        writer = metrics_lib.MetricsWriter(
+            workdir, config.total_steps, start, config.progress_bar,
+            wandb=wandb_log.start(config.wandb, config_dict, workdir, start),
+        )  # fmt: skip
+        # Closed however the run ends: the W&B run's state follows the error, if any.
+        cleanup.push(lambda _type, error, _tb: writer.close(error))
+        source.start(start, writer)
         peak = metrics_lib.peak_flops_per_device(config)
         throughput = metrics_lib.Throughput(
             models.train_flops_per_token(config.model, config.data.seq_len),
@@ -285,7 +291,6 @@ def _train(config, workdir: str, stop: _StopFlag, cleanup: contextlib.ExitStack)
                     raise _interrupted(stop.signum or signal.SIGTERM, step, checkpointer)
         finally:
             checkpointer.close()
-            writer.close()
     return last_logged
 
 

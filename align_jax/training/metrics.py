@@ -1,8 +1,9 @@
-"""Where metrics go: `metrics.jsonl`, TensorBoard events, and a progress bar or log lines.
+"""Where metrics go: `metrics.jsonl`, TensorBoard events, a progress bar or log lines, online
+RL's `samples.jsonl`, and with `config.wandb` on, a Weights & Biases run (wandb_log.py).
 
-Only process 0 writes. `metrics.jsonl` is appended to (a resumed run continues the file);
-records of steps after the checkpoint a run resumes from are dropped first, so the file
-always reads as one uninterrupted run.
+Only process 0 writes. `metrics.jsonl` and `samples.jsonl` are appended to (a resumed run
+continues them); records of steps after the checkpoint a run resumes from are dropped
+first, so each file always reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -61,14 +62,21 @@ def truncate_jsonl(path: str, last_step: int) -> None:
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, total_steps: int, start_step: int, progress_bar: bool):
+    """`wandb`: the run's W&B run (wandb_log.start), or None; finished by `close`."""
+
+    def __init__(
+        self, workdir: str, total_steps: int, start_step: int, progress_bar: bool, wandb=None
+    ):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.samples_path = os.path.join(workdir, "samples.jsonl")
         self._tb = None
         self._bar = None
+        self._wandb = wandb
         if not self.enabled:
             return
         truncate_jsonl(self.path, start_step)
+        truncate_jsonl(self.samples_path, start_step)
         self._file = open(self.path, "a")
         try:
             from tensorboardX import SummaryWriter
@@ -90,6 +98,8 @@ class MetricsWriter:
             record[prefix + k] = v if math.isfinite(v) else str(v)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, {prefix + k: float(v) for k, v in metrics.items()})
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, float):
@@ -102,12 +112,24 @@ class MetricsWriter:
         else:
             log.info("step %d %s", step, text)
 
+    def write_samples(self, step: int, records: list[dict]) -> None:
+        """Online RL's samples of `step` (one record per prompt: prompt, completions, each
+        reward) to samples.jsonl, and to the W&B run's `samples` table."""
+        if not self.enabled:
+            return
+        with open(self.samples_path, "a") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log_samples(step, records)
+
     def advance(self, step: int) -> None:
         if self._bar is not None:
             self._bar.n = step
             self._bar.refresh()
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """`error`: what the run stopped with (None: it finished), for the W&B run's state."""
         if not self.enabled:
             return
         self._file.close()
@@ -115,6 +137,8 @@ class MetricsWriter:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+        if self._wandb is not None:
+            self._wandb.finish(error)
 
 
 def _fmt(v) -> str:

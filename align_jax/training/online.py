@@ -35,7 +35,8 @@ Host metrics of each step: `reward` and `reward/<name>` (means over the kept sam
 `completion_length` mean and max, `truncated_fraction` (no eos within max_new_tokens),
 `reward_timeouts`, `time/sampling`, `time/rewards`, `generated_tokens_per_sec`, and the
 dynamic-sampling counts. Every `config.rollout.log_samples_every` steps the first
-`log_samples` prompts' groups go to `samples.jsonl`: prompt, completions, each reward.
+`log_samples` prompts' groups go to the loop's metrics writer (`samples.jsonl`, and the W&B
+samples table when config.wandb is on): prompt, completions, each reward.
 
 `evaluate(params)` samples `eval_num_samples` completions per held-out prompt and returns
 the mean reward (each function's too), the mean completion length, and pass@1 and pass@k
@@ -47,7 +48,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import jax
@@ -58,7 +58,6 @@ from align_jax.data import prompts as prompts_data
 from align_jax.losses import overlong_penalty
 from align_jax.rollout import Rewards, Sampler, SamplingParams, weighted_total
 from align_jax.rollout.rows import training_rows
-from align_jax.training.metrics import truncate_jsonl
 
 
 def rollout_shapes(config, process_count: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
@@ -98,8 +97,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 class RolloutSource:
     """Online batches for the GRPO family, PPO and online DPO (see the module docstring)."""
 
-    def __init__(self, config, objective, graphdef, tokenizer, mesh, rules, workdir,
-                 sources: dict, rewards: Rewards):  # fmt: skip
+    def __init__(self, config, objective, graphdef, tokenizer, mesh, rules, sources: dict,
+                 rewards: Rewards):  # fmt: skip
         o, r = config.objective, config.rollout
         self.config, self.tokenizer, self.rewards = config, tokenizer, rewards
         self.group = int(o.num_generations)
@@ -117,8 +116,7 @@ class RolloutSource:
             config.data, tokenizer, seed=config.seed, source=sources["train"]
         )
         self.eval_source = sources.get("eval")
-        self.samples_path = os.path.join(workdir, "samples.jsonl")
-        self._writes = jax.process_index() == 0
+        self._writer = None  # the loop's MetricsWriter, from `start`
 
     # --------------------------------------------------------------- the loop's protocol
 
@@ -141,11 +139,11 @@ class RolloutSource:
     def start_prefetch(self) -> None:
         """Called by grain's checkpoint handler after a restore; nothing runs ahead here."""
 
-    def start(self, step: int) -> None:
-        """Before the first step of a run starting (or resuming) at `step`: samples.jsonl
-        loses its records after `step`, as metrics.jsonl does."""
-        if self._writes:
-            truncate_jsonl(self.samples_path, step)
+    def start(self, step: int, writer) -> None:
+        """Before the first step of a run starting (or resuming) at `step`: the samples go
+        to `writer` (the loop's MetricsWriter, which cut samples.jsonl back to `step`)."""
+        del step
+        self._writer = writer
 
     def close(self) -> None:
         self.rewards.close()
@@ -202,7 +200,7 @@ class RolloutSource:
             metrics["dynamic_sampling/dropped_groups"] = float(n_dropped)
             metrics["dynamic_sampling/filled_groups"] = float(filled)
         every = self.config.rollout.log_samples_every
-        if self._writes and every and (step + 1) % every == 0:
+        if every and (step + 1) % every == 0:
             self._log_samples(step + 1, groups[: self.config.rollout.log_samples])
         return batch, metrics
 
@@ -292,19 +290,20 @@ class RolloutSource:
         return out
 
     def _log_samples(self, step: int, groups: list[dict]) -> None:
-        with open(self.samples_path, "a") as f:
-            for g in groups:
-                record = {
-                    "step": step,
-                    "prompt": g["prompt"]["prompt"],
-                    "completions": list(g["texts"]),
-                    "rewards": {
-                        name: [None if np.isnan(v) else float(v) for v in g["rewards"][:, k]]
-                        for k, name in enumerate(self.rewards.names)
-                    },
-                    "total": [float(v) for v in g["total"]],
-                }
-                f.write(json.dumps(record) + "\n")
+        records = [
+            {
+                "step": step,
+                "prompt": g["prompt"]["prompt"],
+                "completions": list(g["texts"]),
+                "rewards": {
+                    name: [None if np.isnan(v) else float(v) for v in g["rewards"][:, k]]
+                    for k, name in enumerate(self.rewards.names)
+                },
+                "total": [float(v) for v in g["total"]],
+            }
+            for g in groups
+        ]
+        self._writer.write_samples(step, records)  # only process 0's writes
 
     # --------------------------------------------------------------- held-out prompts
 

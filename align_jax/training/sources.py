@@ -7,7 +7,9 @@ A batch source has
     next(params, step)     -> (batch of numpy arrays, host metrics): step `step`'s batch;
                            `params` are the live parameters, before the step donates them
     checkpoint_item        what the checkpoint's `data` item saves and restores in place
-    start(step), close()   before the first step of a (resumed) run, and at the end
+    start(step, writer)    before the first step of a (resumed) run; an online source logs
+                           its samples with `writer.write_samples` (training/metrics.py)
+    close()                at the end
     evaluate               None, or `evaluate(params) -> metrics` on held-out data
 
 Offline stages (`IteratorSource`) wrap their grain iterator: the batch does not depend on
@@ -73,8 +75,8 @@ class IteratorSource:
         del params, step
         return next(self.iterator), {}
 
-    def start(self, step: int) -> None:
-        del step
+    def start(self, step: int, writer) -> None:
+        del step, writer
 
     def close(self) -> None:
         pass
@@ -91,15 +93,14 @@ def offline_shapes(config, objective, data, sources: dict, ref_tables: dict) -> 
     return data.batch_shapes(config.data, jax.process_count(), **kwargs)
 
 
-def make_source(config, objective, data, tokenizer, sources, ref_tables, graphdef, mesh, rules,
-                workdir):  # fmt: skip
+def make_source(config, objective, data, tokenizer, sources, ref_tables, graphdef, mesh, rules):
     """The run's batch source: rollouts for online objectives, else the data iterator."""
     if objective.online:
         extra = reward_model.load_reward(config.rewards, config.data.tokenizer, mesh)
         rewards = Rewards.from_config(config.rewards, extra=extra, where="config.rewards")
         try:
             return RolloutSource(
-                config, objective, graphdef, tokenizer, mesh, rules, workdir, sources, rewards
+                config, objective, graphdef, tokenizer, mesh, rules, sources, rewards
             )
         except BaseException:
             rewards.close()  # its worker processes
