@@ -15,6 +15,17 @@
   `prompt` records phrase it ("what is two plus three? "), `answer` = the correct number word
   ("five"), which `tiny_corpus.answer_reward` checks (an SFT model answers "two plus three is
   five.").
+- The demo's task (experiments/demo.py): demonstrations from a careless demonstrator and
+  preference labels from a careful labeller.
+  - `demo_sft_{train,eval}.jsonl`: SFT records whose answer is, `DEMO_SFT_ERROR_RATE` of the
+    time, a number copied from the question ("two plus three is three."), a systematic
+    error an SFT model learns along with the rest.
+  - `gold_pairs_{train,eval}.jsonl`: pairs of answer sentences, one right and one wrong:
+    the demonstrator's copied number (`GOLD_PAIR_COPY_RATE` of the pairs), else a near
+    miss within three of the answer. The labeller prefers the one the gold reward
+    (`tiny_corpus.answer_reward`) scores higher; `GOLD_LABEL_NOISE` of the labels are
+    flipped. A reward model learns the copies quickly and the near misses hardly at all:
+    it is a proxy for the gold reward, not the gold reward itself.
 - R1-Zero prompts (`r1_train.jsonl`, `r1_eval.jsonl`): prompt = the pretraining dialogues'
   prefix ("user: what is two plus three? assistant:", `tiny_corpus.dialogue_prompt`),
   `answer` as above: RL straight from the pretrained model, in the `<think>`/`<answer>`
@@ -35,6 +46,7 @@ import random
 
 from tiny_corpus import (
     MAX_NUMBER,
+    answer_reward,
     arithmetic_question,
     arithmetic_sentence,
     dialogue_prompt,
@@ -111,6 +123,49 @@ def unpaired_record(rng: random.Random) -> dict:
     return {"prompt": arithmetic_question(a, op, b) + " ", "completion": completion, "label": good}
 
 
+DEMO_SFT_ERROR_RATE = 0.3  # demonstrations answering with a number copied from the question
+GOLD_PAIR_COPY_RATE = 0.7  # gold pairs whose wrong answer is a copied number (else a near miss)
+GOLD_LABEL_NOISE = 0.1  # gold pairs whose preference is flipped
+
+
+def _copied(a: int, b: int, answer: int, rng: random.Random) -> int | None:
+    """A number of the question that is not its answer (the demonstrator's slip), or None."""
+    wrong = [n for n in {a, b} if n != answer]
+    return rng.choice(sorted(wrong)) if wrong else None
+
+
+def _near_miss(answer: int, rng: random.Random) -> int:
+    """A wrong answer within three of the right one."""
+    return rng.choice(
+        [n for n in range(answer - 3, answer + 4) if n != answer and 0 <= n <= MAX_NUMBER]
+    )
+
+
+def demo_sft_record(rng: random.Random) -> dict:
+    a, op, b, answer = random_arithmetic(rng)
+    copied = _copied(a, b, answer, rng)
+    if copied is not None and rng.random() < DEMO_SFT_ERROR_RATE:
+        answer = copied
+    return {
+        "prompt": arithmetic_question(a, op, b) + " ",
+        "completion": arithmetic_sentence(a, op, b, answer),
+    }
+
+
+def gold_pair_record(rng: random.Random) -> dict:
+    a, op, b, answer = random_arithmetic(rng)
+    copied = _copied(a, b, answer, rng)
+    wrong = copied if copied is not None and rng.random() < GOLD_PAIR_COPY_RATE else None
+    wrong = _near_miss(answer, rng) if wrong is None else wrong
+    question = arithmetic_question(a, op, b) + " "
+    first, second = arithmetic_sentence(a, op, b, answer), arithmetic_sentence(a, op, b, wrong)
+    gold = answer_reward([question] * 2, [first, second], [number_word(answer)] * 2)
+    chosen, rejected = (first, second) if gold[0] > gold[1] else (second, first)
+    if rng.random() < GOLD_LABEL_NOISE:
+        chosen, rejected = rejected, chosen
+    return {"prompt": question, "chosen": chosen, "rejected": rejected}
+
+
 def rl_record(rng: random.Random) -> dict:
     a, op, b, answer = random_arithmetic(rng)
     return {"prompt": arithmetic_question(a, op, b) + " ", "answer": number_word(answer)}
@@ -127,6 +182,8 @@ def write_tasks(out_dir, *, n_train: int = 2000, n_eval: int = 200, seed: int = 
     kinds = (
         ("sft", sft_record),
         ("pairs", pair_record),
+        ("demo_sft", demo_sft_record),
+        ("gold_pairs", gold_pair_record),
         ("lists", list_record),
         ("unpaired", unpaired_record),
         ("rl", rl_record),

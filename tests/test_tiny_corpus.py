@@ -310,3 +310,43 @@ def test_cli(tmp_path):
     )
     assert len(read_texts(out / "train.jsonl")) == 20
     assert len(read_texts(out / "eval.jsonl")) == 5
+
+
+def test_demo_task_files_have_their_error_and_noise_rates(tmp_path):
+    """The demo's careless demonstrations copy a number from the question 30% of the time
+    (when one differs from the answer); its gold pairs put the right sentence first 90% of
+    the time, and their wrong answers are copied numbers 70% of the time, else near misses."""
+    paths = tiny_tasks.write_tasks(tmp_path, n_train=4000, n_eval=10, seed=0)
+    form = re.compile(r"what is ([a-z]+) (plus|minus) ([a-z]+)\? ")
+    sentence = re.compile(r"([a-z]+) (plus|minus) ([a-z]+) is ([a-z]+)\.")
+
+    def parse(prompt, text):
+        q, s = form.fullmatch(prompt), sentence.fullmatch(text)
+        a, op, b = NUMBERS[q[1]], q[2], NUMBERS[q[3]]
+        assert s and (NUMBERS[s[1]], s[2], NUMBERS[s[3]]) == (a, op, b), text
+        return a, b, truth(a, op, b), NUMBERS[s[4]]
+
+    copies = could_copy = 0
+    for r in read_records(paths["demo_sft_train"]):
+        a, b, right, given = parse(r["prompt"], r["completion"])
+        if {a, b} - {right}:
+            could_copy += 1
+            copies += given != right
+            assert given in (right, a, b)
+        else:
+            assert given == right
+    assert copies / could_copy == pytest.approx(tiny_tasks.DEMO_SFT_ERROR_RATE, abs=0.03)
+
+    pairs = read_records(paths["gold_pairs_train"])
+    right_first = copied = 0
+    for r in pairs:
+        a, b, right, chosen = parse(r["prompt"], r["chosen"])
+        *_, rejected = parse(r["prompt"], r["rejected"])
+        assert (chosen == right) != (rejected == right)
+        right_first += chosen == right
+        wrong = rejected if chosen == right else chosen
+        copied += wrong in (a, b)
+        assert wrong in (a, b) or 0 < abs(wrong - right) <= 3
+    assert right_first / len(pairs) == pytest.approx(1 - tiny_tasks.GOLD_LABEL_NOISE, abs=0.02)
+    # A copy is only possible where the question has a number that is not the answer.
+    assert copied / len(pairs) == pytest.approx(tiny_tasks.GOLD_PAIR_COPY_RATE, abs=0.06)
