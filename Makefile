@@ -5,15 +5,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-objectives clean
 
+# The tests' install: align_jax, the references they compare against (torch, transformers)
+# and pytest. The demo's: align_jax and matplotlib for its plots, nothing else.
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	touch $@ $(VENV)/.demo-installed
+
+$(VENV)/.demo-installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[demo]"
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.demo-installed
 	$(PY) experiments/demo.py --workdir=runs/demo
 
 # Two tiers, every test in one of them, each on a pytest-xdist worker per core (up to 4). The
@@ -36,6 +44,10 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) tools/bench_train.py
+
+# The train step of every objective (pretrain, SFT, reward, DPO, GRPO and PPO updates).
+bench-objectives: $(VENV)/.installed
+	$(PY) tools/bench_objectives.py
 
 clean:
 	rm -rf runs .pytest_cache
