@@ -32,14 +32,17 @@ Prints figures; asserts nothing about timings. In one run, on this machine's CPU
 
 Same model everywhere: Llama-shaped, d_model 256, 4 layers, 4 query heads x head_dim 64, 2 KV
 heads, SwiGLU MLP 768, vocab 4096, RMSNorm, RoPE, **untied** input embedding and LM head, fp32
-parameters and compute, random init (std 0.02; Tunix's own init draws N(0, 1) and zero MLP
-kernels, so the benchmark redraws its weights like the others'): 5,245,184 parameters, which
-each side reports and the benchmark checks. Same data: 8 preference pairs per step, a
+parameters and compute, random init (std 0.02; Tunix's own init draws N(0, 0.01) and zero
+MLP kernels, so the benchmark redraws its weights like the others'): 5,245,184 parameters,
+which each side reports and the benchmark checks. Same data: 8 preference pairs per step, a
 64-token prompt (bos + 63 ids) and 192-token completions (191 ids + eos), random ids, so each
 chosen and rejected sequence has 256 tokens and all 192 completion tokens are scored. (TRL and
 Tunix run the model over all 256 positions; align_jax over the 255 that have a next token.)
-Same optimizer: AdamW (b1 0.9, b2 0.95, eps 1e-8, no weight decay) after global-norm
-clipping at 1.0; TRL uses Hugging Face's default torch AdamW. No gradient accumulation.
+Same optimizer: AdamW (b1 0.9, b2 0.95, eps 1e-8, no weight decay, constant learning rate)
+after global-norm clipping at 1.0 (TRL: Hugging Face's default, torch's fused AdamW). No
+gradient accumulation. Each side also does its own per-step extras, as it ships: align_jax
+the exact KL(policy || reference) metric over the vocabulary, TRL entropy / mean-logit /
+top-1 metrics in its chunked LM head, Tunix the full [rows, 256, vocab] logits.
 
 Model FLOPs (the same count for all three, from the model, not from what each side computes):
 with N = the parameters the matmuls use, i.e. all but the input embedding table (N =
@@ -67,19 +70,33 @@ The sides take turns, never running at once: each worker runs one real `train()`
 batch iterator) after the warm-up and after each round's steps until the driver says go.
 Each round runs every side's `--steps` steps, the order rotated every round, and before
 each side's turn the driver waits (`--quiet_wait`, up to 60 s) until other processes use
-under 10% of the CPUs. Step time = the median over all timed steps after the warm-up.
+under 10% of the CPUs. Step time = the median over all timed steps after the warm-up; on a
+shared machine the table also gives each side's median over its quiet rounds only (other
+processes under 10% of the CPUs before the turn and under 0.2 cores during it), which are
+the figures to compare when the all-steps ones carry a contention warning.
 
     JAX_PLATFORMS=cpu .venv/bin/python tools/bench_dpo.py
     .venv/bin/python tools/bench_dpo.py --rounds 5 --steps 3 --json /tmp/dpo.json
     .venv/bin/python tools/bench_dpo.py --sides align_jax --breakdown --profile
-    .venv/bin/python tools/bench_dpo.py --sides align_jax,tunix
+    .venv/bin/python tools/bench_dpo.py --keep_freed_memory      # see below
 
-`--breakdown` also times parts of align_jax's step as separate jitted functions: the
-reference forward, the policy forward (the DPO loss with the reference log-probs given),
-the policy forward + backward, and the step without the KL metric, each with its model
-FLOPs and GFLOP/s. `--profile` traces align_jax's step with `jax.profiler` and lists where
-its CPU time goes, by op, from the trace and the compiled HLO (op names, shapes, and
-whether an op is in the backward pass: `transpose(jvp(...))` in its metadata).
+`--breakdown` also times parts of align_jax's step as separate jitted functions (2 threads,
+as the step): the reference forward, the policy forward (the DPO loss with the reference
+log-probs given), the policy forward + backward, and the backward as their difference, each
+with its model FLOPs and GFLOP/s. `--profile` runs align_jax's step in a child process
+pinned to ONE core, traces 3 steps with `jax.profiler` and joins the trace with the
+compiled HLO: time per op and per (pass, kind) -- matmuls with their FLOPs and GFLOP/s
+against a one-core matmul peak, zero-fills, scan stacking, copies, elementwise work --
+where "backward" is an op whose metadata says `transpose(jvp(...))`. (On one core each op's
+traced time is its whole cost; on 2 threads ops overlap and Eigen's dots run partly on pool
+threads the trace does not attribute.)
+
+`--keep_freed_memory` makes every side's process (driver, workers, profile child) call
+`keep_freed_memory()` before jax or torch start: glibc's malloc then keeps freed memory for
+reuse instead of unmapping every block over 32 MB, which otherwise makes each step
+page-fault all of its large temporaries afresh (align_jax's step: 1 GB, 247k faults and
+~0.55 s of kernel time a step). It changes the process, not any library: the default run
+measures the sides as they ship.
 
 Output: the table (with the load average), then one JSON line per side prefixed `RESULT `,
 and the same lines in `--json PATH`.
@@ -685,8 +702,8 @@ def breakdown(side: JaxSide, flops: dict, peak_gflops: float, runs: int) -> list
     - policy forward: the DPO loss with the reference log-probs in the batch (the
       `precompute_ref_logps` form of the same loss: no reference forward, no KL metric);
     - policy forward + backward: `value_and_grad` of that loss;
-    - the train step itself, and the step without the `kl_ref` metric (the step's other
-      work beyond the two forwards and the backward: the metric, clipping, AdamW).
+    - policy backward: the last two's difference (time and FLOPs), so it carries what the
+      forward does only for the backward (saving the layers' activations).
     """
     import jax
     import jax.numpy as jnp
@@ -1281,9 +1298,9 @@ def main(argv=None) -> int:
     if "align_jax" in sides and (args.breakdown or args.profile):
         wait_quiet(args.quiet_wait)
     if "align_jax" in sides and args.breakdown:
-        extra["breakdown"] = breakdown(
-            sides["align_jax"], flops, peak["gflops"], args.breakdown_runs
-        )
+        # A fresh peak next to the parts: a contended peak would inflate their shares.
+        parts_peak = max(peak["gflops"], matmul_peak(args.matmul_n, args.matmul_repeats)["gflops"])
+        extra["breakdown"] = breakdown(sides["align_jax"], flops, parts_peak, args.breakdown_runs)
     if "align_jax" in sides and args.profile:
         extra["profile"] = profile(args.seed, 3, args.profile_top, args.keep_freed_memory)
 
