@@ -28,6 +28,7 @@ import numpy as np
 from align_jax import loading, models, parallel
 from align_jax.data.tokenizer import Tokenizer
 from align_jax.rollout import Sampler, SamplingParams
+from align_jax.rollout.rows import training_rows
 
 
 def read_jsonl(path: str, limit: int = 0) -> list[dict]:
@@ -66,7 +67,6 @@ def evaluate(
         bos = [tokenizer.bos_id] * bool(config.data.add_bos)
         prompt_ids = [bos + tokenizer.encode(r["prompt"]) for r in chunk]
         out = sampler.generate(params, prompt_ids, sp, seed=seed + lo)
-        rows, masks = [], []
         for row, i in enumerate(out["prompt_index"]):
             n_tok = int(out["mask"][row].sum())
             ids = out["tokens"][row][:n_tok].tolist()
@@ -75,16 +75,18 @@ def evaluate(
             completions.append(tokenizer.decode(ids[:-1] if finished else ids))
             answers.append(chunk[i]["answer"])
             lengths.append(n_tok)
-            rows.append(prompt_ids[i] + ids)
-            masks.append([0] * len(prompt_ids[i]) + [1] * n_tok)
-        width = max(len(r) for r in rows)
-        tokens = np.zeros((len(rows), width), np.int32)
-        mask = np.zeros((len(rows), width), np.int32)
-        for n, (r, m) in enumerate(zip(rows, masks, strict=True)):
-            tokens[n, : len(r)], mask[n, : len(m)] = r, m
-        segments = (np.arange(width)[None] < np.array([len(r) for r in rows])[:, None]).astype(
-            np.int32
+        rows_prompts = [prompt_ids[i] for i in out["prompt_index"]]
+        rows = training_rows(
+            rows_prompts,
+            out["tokens"],
+            out["mask"],
+            np.zeros(out["mask"].shape, np.float32),  # sampler log-probs: not needed here
+            width=max(map(len, rows_prompts)) + out["tokens"].shape[1],
+            pad_id=tokenizer.pad_id,
         )
+        # sequence_logprobs scores mask[:, 1:]; the rows' completion mask is already shifted.
+        mask = np.pad(rows["completion_mask"], ((0, 0), (1, 0)))
+        tokens, segments = rows["tokens"], rows["segment_ids"]
         with parallel.sharding_context(mesh, rules):
             kl = logprobs(params, ref_params, tokens, segments, mask)
         kls.extend(np.asarray(kl).tolist())
