@@ -19,7 +19,7 @@ Prints figures; asserts nothing about timings. In one process it measures
      updates, `updates_per_step` of them over `num_minibatches` minibatches), and the
      no-gradient `prepare` program as a row of its own. No sampling, no reward.
    Batches are synthetic, with the fields, dtypes and shapes of the planner's abstract batch
-   (plan.py's `_global_batch_shapes`: the data pipeline's `batch_shapes`, or
+   (plan.py's `global_batch_shapes`: the data pipeline's `batch_shapes`, or
    `online.rollout_shapes`): packed LM rows (1-4 documents a row; SFT's loss on each
    document's second half), right-padded preference pairs, and rollout rows laid out by
    `rollout.rows.training_rows` (prompts in the first quarter of the width, completions of
@@ -271,7 +271,7 @@ def bench_objective(name: str, size: str, args) -> list[dict]:
     objective_state = objective.initial_state() if objective.initial_state else None
     shardings = step_lib.state_shardings(tx, trained_shapes, trained_shardings, mesh,
                                          objective_state)  # fmt: skip
-    abstract = plan._global_batch_shapes(config, objective, mesh, rules)  # the planner's batch
+    abstract = plan.global_batch_shapes(config, objective, mesh, rules)  # the planner's batch
     batch_sharding = {k: v.sharding for k, v in abstract.items()}
     host = synthetic_batches(config, objective, abstract, np.random.default_rng(args.seed))
     frozen_shardings = {"reference": policy_shardings} if objective.needs_reference else None

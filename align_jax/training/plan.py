@@ -242,7 +242,7 @@ def plan_stage(config, mesh) -> StagePlan:
     state = abstract_like(step_lib.abstract_state(tx, t_shapes, objective_state), state_sh)
     frozen = _abstract_frozen(config, objective, policy, base_shapes, base_shardings)
     frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
-    batch = _global_batch_shapes(config, objective, mesh, rules)
+    batch = global_batch_shapes(config, objective, mesh, rules)
     batch_sharding = jax.tree.map(lambda x: x.sharding, batch)
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh))
@@ -411,7 +411,7 @@ def _reward_model_bytes(config, objective, mesh, rules) -> int:
     return bytes_per_device(abstract_like(shapes, shardings))
 
 
-def _global_batch_shapes(config, objective, mesh, rules) -> dict:
+def global_batch_shapes(config, objective, mesh, rules) -> dict:
     """The global batch (all processes' rows) with its shardings."""
     if objective.online:
         shapes = online.rollout_shapes(config, 1)
