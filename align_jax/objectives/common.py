@@ -61,6 +61,39 @@ def policy_token_logps(graphdef, params, batch, temperature: float):
     return token_logprobs(logits, tokens[:, 1:], temperature=temperature), logits
 
 
+def split_rows(tree, k: int):
+    """Every leaf [B, ...] -> [k, B/k, ...], rows i::k in micro-batch i. Strided, so with the
+    batch axis split over devices in contiguous blocks every device keeps its own rows."""
+    return jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), tree
+    )
+
+
+def merge_rows(tree):
+    """`split_rows`'s inverse: [k, B/k, ...] -> [B, ...] in the original row order."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
+ROW_FIELDS = ("tokens", "positions", "segment_ids")  # what a forward pass reads of a row
+
+
+def map_micro_batches(fn, rows, micro_batches: int):
+    """`fn(rows)` computed over `micro_batches` micro-batches of the rows one after another
+    (`lax.map`), merged back in row order: the same numbers, with the temporaries (logits) of
+    N / micro_batches rows alive at a time. `fn` must work row by row."""
+    if micro_batches == 1:
+        return fn(rows)
+    return merge_rows(jax.lax.map(fn, split_rows(rows, micro_batches)))
+
+
+def rollout_logps(graphdef, params, batch, temperature: float, micro_batches: int = 1):
+    """`policy_token_logps`'s log-probs [N, W-1] over `micro_batches` micro-batches of rows
+    (the prepare pass of online objectives)."""
+    rows = {k: batch[k] for k in ROW_FIELDS}
+    logps = lambda r: policy_token_logps(graphdef, params, r, temperature)[0]  # noqa: E731
+    return map_micro_batches(logps, rows, micro_batches)
+
+
 def token_entropy(logits, temperature: float):
     """Entropy of softmax(logits / T) at each position [N, W-1], no gradient."""
     z = jax.lax.stop_gradient(logits.astype(jnp.float32)) / temperature

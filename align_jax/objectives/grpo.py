@@ -59,7 +59,7 @@ from align_jax.losses import (
     sampler_mismatch,
 )
 from align_jax.objectives.base import Objective, register
-from align_jax.objectives.common import policy_token_logps, token_entropy
+from align_jax.objectives.common import policy_token_logps, rollout_logps, token_entropy
 from align_jax.rollout.rewards import default_config as rewards_config
 
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
@@ -123,6 +123,10 @@ def rollout_config() -> ml_collections.ConfigDict:
             "pass_threshold": 1.0,  # a sample passes when its total reward is at least this
             "log_samples_every": 0,  # steps between samples.jsonl records; 0: off
             "log_samples": 2,  # prompts (with all their completions) per record
+            # The prepare pass (old / reference log-probs, values) runs its forwards over this
+            # many micro-batches of the rollout rows, one after another: its peak memory (the
+            # logits) falls by that factor. Must divide the rows (batch_size × generations).
+            "prepare_micro_batches": 1,
         }
     )
 
@@ -130,6 +134,21 @@ def rollout_config() -> ml_collections.ConfigDict:
 def online_sections() -> dict[str, ml_collections.ConfigDict]:
     """The config sections of online objectives besides `objective`: `rollout`, `rewards`."""
     return {"rollout": rollout_config(), "rewards": rewards_config()}
+
+
+def check_prepare_micro_batches(config, rows=None, what="a rollout batch") -> int:
+    """`config.rollout.prepare_micro_batches`, a positive integer dividing the `rows` the
+    prepare pass runs forwards over (default: a rollout batch's, data.batch_size ×
+    num_generations); ValueError naming the key."""
+    k = config.rollout.prepare_micro_batches
+    if rows is None:
+        rows = config.data.batch_size * config.objective.num_generations
+    if not isinstance(k, int) or k < 1 or rows % k:
+        raise ValueError(
+            f"config.rollout.prepare_micro_batches={k!r}; expected an integer >= 1 dividing "
+            f"the {rows} rows of {what}"
+        )
+    return k
 
 
 def check_config(config) -> None:
@@ -171,6 +190,7 @@ def check_config(config) -> None:
         )
     if o.epsilon_low < 0 or o.epsilon_high < 0 or o.delta < 0 or o.beta < 0:
         raise ValueError("config.objective epsilon_low, epsilon_high, delta, beta must be >= 0")
+    check_prepare_micro_batches(config)
 
 
 def needs_reference(objective_cfg) -> bool:
@@ -221,16 +241,15 @@ def build_grpo(config, graphdef) -> Objective:
             return reinforce_pp_baseline_advantages(rewards_b, mask_bt, group_size=group, **kwargs)
         return jnp.broadcast_to(adv[:, None], mask_bt.shape) * mask_bt
 
+    micro_batches = config.rollout.prepare_micro_batches
+
     def prepare_fn(params, frozen, batch, objective_state):
         mask = batch["completion_mask"]
-        old_logps = None
-        if separate_old:
-            old_logps, _ = policy_token_logps(graphdef, params, batch, temperature)
-            old_logps = jnp.where(mask > 0, old_logps, 0.0)
-        ref_logps = None
-        if with_reference:
-            ref_logps, _ = policy_token_logps(graphdef, frozen["reference"], batch, temperature)
-            ref_logps = jnp.where(mask > 0, ref_logps, 0.0)
+        logps_of = lambda p: jnp.where(  # noqa: E731
+            mask > 0, rollout_logps(graphdef, p, batch, temperature, micro_batches), 0.0
+        )
+        old_logps = logps_of(params) if separate_old else None
+        ref_logps = logps_of(frozen["reference"]) if with_reference else None
         out = dict(batch)
         if old_logps is not None:
             out["old_logps"] = old_logps

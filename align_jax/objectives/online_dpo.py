@@ -28,9 +28,14 @@ import ml_collections
 
 from align_jax.losses import combined_dpo_loss
 from align_jax.objectives.base import Objective, register
-from align_jax.objectives.common import kl_ref_metric, pair_metrics, policy_token_logps
+from align_jax.objectives.common import (
+    kl_ref_metric,
+    pair_metrics,
+    policy_token_logps,
+    rollout_logps,
+)
 from align_jax.objectives.dpo import parse_loss_types
-from align_jax.objectives.grpo import online_sections
+from align_jax.objectives.grpo import check_prepare_micro_batches, online_sections
 
 _ROW_FIELDS = ("tokens", "positions", "segment_ids", "completion_mask")
 
@@ -86,14 +91,22 @@ def build(config, graphdef) -> Objective:
             "of one prompt: expected an integer >= 2"
         )
     beta = float(o.beta)
+    micro_batches = check_prepare_micro_batches(
+        config, config.data.batch_size, "each side of the pairs (data.batch_size)"
+    )
+
+    def reference_totals(params, rows):
+        """Summed log-probs [N] of the rows' completion tokens, over micro-batches of rows."""
+        logps = rollout_logps(graphdef, params, rows, 1.0, micro_batches)
+        return jnp.sum(jnp.where(rows["completion_mask"] > 0, logps, 0.0), axis=-1)
 
     def prepare_fn(params, frozen, batch, objective_state):
         del params
         chosen, rejected, high, low, valid = _pair_rows(batch, group)
         out = {f"chosen_{k}": v for k, v in chosen.items()}
         out.update({f"rejected_{k}": v for k, v in rejected.items()})
-        out["ref_chosen_logps"], _, _ = _sequence_logps(graphdef, frozen["reference"], chosen)
-        out["ref_rejected_logps"], _, _ = _sequence_logps(graphdef, frozen["reference"], rejected)
+        out["ref_chosen_logps"] = reference_totals(frozen["reference"], chosen)
+        out["ref_rejected_logps"] = reference_totals(frozen["reference"], rejected)
         out["valid"] = valid
         n = jnp.maximum(jnp.sum(valid), 1.0)
         metrics = {

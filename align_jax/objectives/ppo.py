@@ -56,8 +56,14 @@ from align_jax.losses import (
 )
 from align_jax.models import abstract_params, apply_model
 from align_jax.objectives.base import Objective, ValueModel, register
-from align_jax.objectives.common import policy_token_logps, token_entropy
-from align_jax.objectives.grpo import online_sections
+from align_jax.objectives.common import (
+    ROW_FIELDS,
+    map_micro_batches,
+    policy_token_logps,
+    rollout_logps,
+    token_entropy,
+)
+from align_jax.objectives.grpo import check_prepare_micro_batches, online_sections
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -114,6 +120,7 @@ def check_config(config) -> None:
             raise ValueError(f"config.objective.{key}={o[key]}; expected >= 0")
     if o.adaptive_kl and (o.kl_target <= 0 or o.kl_horizon <= 0):
         raise ValueError("config.objective.kl_target and kl_horizon must be > 0 (adaptive_kl)")
+    check_prepare_micro_batches(config)
 
 
 def value_model(config) -> ValueModel:
@@ -141,6 +148,7 @@ def build_ppo(config, graphdef) -> Objective:
     value = value_model(config)
     value_graphdef, _, _ = abstract_params(value.model)
     missing_eos = float(o.missing_eos_penalty) or None
+    micro_batches = config.rollout.prepare_micro_batches
 
     def values_of(params, batch):
         """The value model's output [N, W-1] at the state before each next token."""
@@ -156,10 +164,14 @@ def build_ppo(config, graphdef) -> Objective:
     def prepare_fn(params, frozen, batch, objective_state):
         mask = batch["completion_mask"]
         on = mask > 0
-        old_logps, _ = policy_token_logps(graphdef, params["policy"], batch, temperature)
-        ref_logps, _ = policy_token_logps(graphdef, frozen["reference"], batch, temperature)
-        old_logps, ref_logps = jnp.where(on, old_logps, 0.0), jnp.where(on, ref_logps, 0.0)
-        old_values = jnp.where(on, values_of(params["value"], batch), 0.0)
+        logps_of = lambda p: rollout_logps(graphdef, p, batch, temperature, micro_batches)  # noqa: E731
+        old_logps = jnp.where(on, logps_of(params["policy"]), 0.0)
+        ref_logps = jnp.where(on, logps_of(frozen["reference"]), 0.0)
+        values = map_micro_batches(
+            lambda r: values_of(params["value"], r), {k: batch[k] for k in ROW_FIELDS},
+            micro_batches,
+        )  # fmt: skip
+        old_values = jnp.where(on, values, 0.0)
         kl_coef = objective_state["kl_coef"]
         rewards_bt, kl_bt = per_token_rewards(
             batch["rewards"], old_logps, ref_logps, mask, kl_coef=kl_coef,

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from align_jax import parallel
 from align_jax.objectives import Objective
+from align_jax.objectives.common import split_rows
 from align_jax.training.optimizer import PerModel
 
 
@@ -95,21 +96,14 @@ def batch_shardings(batch_shapes: dict, mesh, rules) -> dict:
 
 
 def split_micro(batch: dict, k: int) -> dict:
-    """[B, ...] -> [k, B/k, ...] taking rows i::k into micro-batch i.
-
-    Strided rows keep every device's share of each micro-batch on that device (the batch axis
-    is split in contiguous blocks), so the scan moves no data between devices.
-    """
-
-    def split(x):
-        b = x.shape[0]
-        if b % k:
+    """[B, ...] -> [k, B/k, ...] taking rows i::k into micro-batch i (`split_rows`: every
+    device's share of each micro-batch stays on that device, so the scan moves no data)."""
+    for x in jax.tree.leaves(batch):
+        if x.shape[0] % k:
             raise ValueError(
-                f"config.optimizer.grad_accum_steps={k} does not divide the batch size {b}"
+                f"config.optimizer.grad_accum_steps={k} does not divide the batch size {x.shape[0]}"
             )
-        return jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
-
-    return jax.tree.map(split, batch)
+    return split_rows(batch, k)
 
 
 def _sum_pairs(a: dict, b: dict) -> dict:

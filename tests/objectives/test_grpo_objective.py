@@ -523,3 +523,45 @@ def test_good_options_build():
     ):
         obj = objectives.build(grpo_config(**options), graphdef)
         assert obj.online and obj.batch_kind == "rollouts", options
+
+
+# ----------------------------------------------------------------------------- 7. micro-batches
+
+
+def scan_lengths(fn, *args):
+    """Lengths of the top-level scans (`lax.map`s) of `fn`'s program."""
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    return [e.params["length"] for e in jaxpr.eqns if e.primitive.name == "scan"]
+
+
+def test_prepare_over_micro_batches_gives_the_same_log_probs_on_a_sharded_mesh(rollout):
+    """`rollout.prepare_micro_batches=4` runs each prepare forward as 4 micro-batches of 2
+    rows (one `lax.map` of length 4 each, old and reference) with the same log-probs."""
+    graphdef, batch = rollout.graphdef, rollout.batch
+    mesh = make_mesh()
+    reference = jax.device_get(init_params(grpo_config().model, mesh, DEFAULT_RULES, 1)[1])
+    frozen = {"reference": reference}
+    mask = batch["completion_mask"] > 0
+    want = {
+        "old_logps": np.where(mask, plain_logps(graphdef, rollout.params, batch), 0.0),
+        "ref_logps": np.where(mask, plain_logps(graphdef, reference, batch), 0.0),
+    }
+    for k, sharded in ((1, make_mesh()), (4, make_mesh(data=2, tensor=2))):
+        cfg = grpo_config(beta=0.1, **UPDATES)
+        cfg.rollout.prepare_micro_batches = k
+        obj = objectives.build(cfg, graphdef)
+        prepare = lambda p, f, b, obj=obj: obj.prepare_fn(p, f, b, {})[0]  # noqa: E731
+        with parallel.sharding_context(sharded, DEFAULT_RULES):
+            lengths = scan_lengths(prepare, rollout.params, frozen, batch)
+            out = jax.device_get(jax.jit(prepare)(rollout.params, frozen, batch))
+        assert lengths.count(4) == (2 if k == 4 else 0), lengths
+        for key, value in want.items():
+            np.testing.assert_allclose(out[key], value, atol=2e-5, err_msg=f"{key} k={k}")
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_prepare_micro_batches_must_divide_the_rows(k):
+    cfg = grpo_config()
+    cfg.rollout.prepare_micro_batches = k
+    with pytest.raises(ValueError, match=rf"config\.rollout\.prepare_micro_batches={k}; .* 8 rows"):
+        objectives.build(cfg, models.abstract_params(cfg.model)[0])

@@ -116,8 +116,9 @@ def numpy_targets(logp, ref, values, batch, *, kl_coef, gamma, lam, missing_eos=
     return white, ret
 
 
-def prepare(graphdefs, params, batch, mesh=None, state=None, **objective):
+def prepare(graphdefs, params, batch, mesh=None, state=None, micro_batches=1, **objective):
     cfg = ppo_config(**objective)
+    cfg.rollout.prepare_micro_batches = micro_batches
     obj = objectives.build(cfg, graphdefs["policy"])
     state = state or obj.initial_state()
     with parallel.sharding_context(mesh or make_mesh(), DEFAULT_RULES):
@@ -153,6 +154,32 @@ def test_prepared_advantages_and_returns_against_numpy(rollout, options):
     resid = (want_ret - values)[mask]
     explained = 1 - resid.var() / want_ret[mask].var()
     assert float(metrics["explained_variance"]) == pytest.approx(explained, rel=1e-3, abs=1e-4)
+
+
+def test_prepare_over_micro_batches_on_a_sharded_mesh_gives_the_same_targets(rollout):
+    """`rollout.prepare_micro_batches=4`: the policy, reference and value forwards each run
+    as a `lax.map` over 4 micro-batches of 2 rows, and the targets are the numpy ones."""
+    graphdefs, params, batch = rollout
+    options = dict(gamma=0.9, lam=0.8, kl_coef=0.3)
+    mesh = make_mesh(data=2, tensor=2)
+    cfg = ppo_config(**options)
+    cfg.rollout.prepare_micro_batches = 4
+    obj = objectives.build(cfg, graphdefs["policy"])
+    trained = {"policy": params["policy"], "value": params["value"]}
+    with parallel.sharding_context(mesh, DEFAULT_RULES):
+        jaxpr = jax.make_jaxpr(obj.prepare_fn)(
+            trained, {"reference": params["reference"]}, batch, obj.initial_state()
+        ).jaxpr
+    lengths = [e.params["length"] for e in jaxpr.eqns if e.primitive.name == "scan"]
+    assert lengths.count(4) == 3, lengths
+    out, _, _ = prepare(graphdefs, params, batch, mesh=mesh, micro_batches=4, **options)
+    logp, ref, values = forwards(graphdefs, params, batch)
+    want_adv, want_ret = numpy_targets(logp, ref, values, batch, **options)
+    mask = batch["completion_mask"] > 0
+    np.testing.assert_allclose(out["old_logps"], np.where(mask, logp, 0.0), atol=2e-5)
+    np.testing.assert_allclose(out["old_values"], np.where(mask, values, 0.0), atol=1e-5)
+    np.testing.assert_allclose(out["returns"], want_ret, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["advantages"], want_adv, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("target", [1e-3, 1e3], ids=["kl_above_target", "kl_below_target"])
