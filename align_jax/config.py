@@ -123,6 +123,9 @@ def model_config(preset: str | None = None, **overrides) -> ml_collections.Confi
     # TPU; interpreted, slowly, elsewhere) | cudnn (cuDNN flash attention, NVIDIA GPU, bf16).
     m.attention = "xla"
     m.remat = "none"  # none | full | dots (save matmul outputs) | dots_no_batch
+    # Layers per iteration of the layer scan (lax.scan's unroll): 1 keeps compile time flat
+    # in depth; n_layers unrolls it, which saved 9% of a 4-layer DPO step on a 2-core CPU.
+    m.scan_unroll = 1
     m.head = "lm"  # lm: next-token logits; scalar: one score per token (reward / value models)
     # LoRA (arXiv 2106.09685; align_jax/models/lora.py): rank > 0 trains only adapters on
     # `targets` (comma list of q, k, v, o, gate, up, down) and a new head, scaled by

@@ -31,6 +31,7 @@ from align_jax import cli, loading
 from align_jax.data.records import CHAT_TEMPLATES, CHECKPOINT_TEMPLATE
 from align_jax.data.sources import DataError, read_records
 from align_jax.data.tokenizer import Tokenizer
+from align_jax.malloc import keep_freed_memory
 from align_jax.rollout import Sampler, SamplingParams
 
 
@@ -64,6 +65,7 @@ def best_of(results: list[dict], n: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    keep_freed_memory()  # before jax starts its threads (align_jax/malloc.py)
     p = cli.ArgumentParser(prog="python -m align_jax.generate", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="run directory of any stage (an LM head)")
     p.add_argument("--input", default="-", help="prompts: JSONL with 'prompt', or - for lines")

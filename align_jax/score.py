@@ -21,12 +21,14 @@ import sys
 from align_jax import checkpoint as ckpt
 from align_jax import cli
 from align_jax.data.sources import DataError, read_records
+from align_jax.malloc import keep_freed_memory
 from align_jax.training.reward_model import RewardScorer
 
 __all__ = ["RewardScorer", "main"]
 
 
 def main(argv=None) -> int:
+    keep_freed_memory()  # before jax starts its threads (align_jax/malloc.py)
     parser = cli.ArgumentParser(
         prog="python -m align_jax.score",
         description="Score prompt/completion JSONL with a reward model.",

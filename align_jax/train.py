@@ -17,6 +17,7 @@ import sys
 import jax
 
 from align_jax import cli
+from align_jax.malloc import keep_freed_memory
 from align_jax.training.errors import Interrupted, TrainingError
 from align_jax.training.loop import train
 
@@ -40,6 +41,7 @@ def parser() -> cli.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    keep_freed_memory()  # before jax starts its threads (align_jax/malloc.py)
     try:
         args, config = cli.parse_with_config(parser(), argv)
     except cli.UsageError as e:

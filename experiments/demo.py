@@ -40,6 +40,8 @@ sys.path.insert(0, os.path.join(REPO, "experiments"))
 from tiny_corpus import write_corpus  # noqa: E402
 from tiny_tasks import write_tasks  # noqa: E402
 
+from align_jax.malloc import keep_freed_memory  # noqa: E402
+
 
 def stages(runs: dict, scale: float) -> list[tuple[str, str, list[str]]]:
     """(name, config, overrides) of each stage in order; `scale` shrinks the step counts."""
@@ -113,6 +115,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    keep_freed_memory()  # the evaluation runs jax in this process (align_jax/malloc.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--data_dir", default="data/tiny")

@@ -522,30 +522,13 @@ def tunix_worker(channel: Channel) -> None:
 
 
 def keep_freed_memory() -> bool:
-    """Tells glibc's malloc to keep freed memory in the process for reuse (Linux + glibc;
-    False, and nothing done, elsewhere). Call it before jax (or torch) starts threads.
+    """align_jax.malloc's setting (standard library only, so the benchmark venv's workers,
+    which have no align_jax installed, load it from this checkout)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from align_jax.malloc import keep_freed_memory as keep
 
-    By default glibc hands every allocation over 32 MB (and any large one a non-main thread
-    makes) straight to mmap and unmaps it on free, so a jitted step that allocates its
-    temporaries afresh each call (align_jax's DPO step: 1 GB) page-faults all of them
-    again every step: 247k minor faults and ~0.55 s of kernel time a step here. One arena,
-    an mmap threshold of 2 GB and no trimming make the second step reuse the first's pages.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or not name:
-        return False
-    libc = ctypes.CDLL(name)
-    if not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
-    return bool(
-        libc.mallopt(m_arena_max, 1)
-        & libc.mallopt(m_mmap_threshold, 2**31 - 1)  # the most an int argument takes
-        & libc.mallopt(m_trim_threshold, -1)  # read as SIZE_MAX: never trim
-    )
+    return keep()
 
 
 def _version(dist: str) -> str:

@@ -125,9 +125,12 @@ class Transformer(nnx.Module):
                     f"{', '.join(_REMAT_POLICIES)}"
                 )
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        unroll = cfg.get("scan_unroll", 1)
+        if not isinstance(unroll, int) or isinstance(unroll, bool) or unroll < 1:
+            raise ValueError(f"config.model.scan_unroll={unroll!r}; expected an integer >= 1")
         kv = None if cache is None else cache[:2]
         xs = (stacked, inv_freq_ld if rope is None else rope, window_l, jnp.arange(cfg.n_layers))
-        x, kv = jax.lax.scan(body, (x, kv), xs)[0]
+        x, kv = jax.lax.scan(body, (x, kv), xs, unroll=min(unroll, cfg.n_layers))[0]
         return x if cache is None else (x, kv)
 
     def logits(self, hidden_bld: jax.Array) -> jax.Array:

@@ -194,3 +194,28 @@ def test_logical_to_spec_uses_each_mesh_axis_once_and_only_where_it_divides(devi
         parallel.logical_to_spec(("nope",), (4,), mesh, DEFAULT_RULES)
     with pytest.raises(ValueError, match="config.mesh"):
         parallel.make_mesh(dict(data=3, fsdp=-1, tensor=1))
+
+
+def test_scan_unroll_unrolls_the_layer_scan_with_the_same_numbers():
+    cfg, graphdef, params = build()
+    _, unrolled, _ = build(scan_unroll=2)
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, cfg.vocab_size)
+
+    def loss(graphdef):
+        return lambda p: jnp.mean(token_logprobs(apply_model(graphdef, p, tokens), tokens))
+
+    def scans(graphdef):
+        eqns = jax.make_jaxpr(loss(graphdef))(params).eqns
+        return [e.params["unroll"] for e in eqns if e.primitive.name == "scan"]
+
+    assert scans(graphdef) == [1] and scans(unrolled) == [2]
+    want, got = (
+        jax.value_and_grad(loss(graphdef))(params),
+        jax.value_and_grad(loss(unrolled))(params),
+    )
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    _, bad, _ = build(scan_unroll=0)
+    with pytest.raises(ValueError, match=r"config\.model\.scan_unroll=0; expected an integer >= 1"):
+        apply_model(bad, params, tokens)
