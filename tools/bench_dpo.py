@@ -174,6 +174,12 @@ def parse_args(argv, cli):
         help="every side's process first tells glibc's malloc to keep freed memory for reuse "
         "(`keep_freed_memory`), before jax or torch start",
     )
+    p.add_argument(
+        "--scan_unroll",
+        type=int,
+        default=1,
+        help="align_jax's config.model.scan_unroll (4 unrolls the model's 4-layer scan)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
@@ -545,7 +551,7 @@ class JaxSide:
 
     name = "align_jax"
 
-    def __init__(self, data: list[dict], seed: int):
+    def __init__(self, data: list[dict], seed: int, scan_unroll: int = 1):
         import jax
 
         from align_jax import models, objectives, parallel
@@ -556,7 +562,7 @@ class JaxSide:
 
         c = objectives.config_for("dpo")
         c.objective.update(loss_type="sigmoid", beta=BETA)  # precompute_ref_logps: False
-        c.model = model_config(**MODEL)
+        c.model = model_config(**MODEL, scan_unroll=scan_unroll)
         c.data.update(seq_len=SEQ_LEN, batch_size=PAIRS)
         c.optimizer.update(
             learning_rate=OPTIMIZER["learning_rate"],
@@ -1041,7 +1047,7 @@ def run_sides(args, data: list[dict], fields: dict) -> tuple[dict, list[dict]]:
         for name in args.sides:
             start = time.perf_counter()
             if name == "align_jax":
-                side = JaxSide(data, args.seed)
+                side = JaxSide(data, args.seed, args.scan_unroll)
                 info = side.info()
                 info["compile_s"] = side.compile()
                 pid = os.getpid()
@@ -1260,7 +1266,8 @@ def main(argv=None) -> int:
         f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs); "
         f"sides {', '.join(LABELS[s] for s in args.sides)}; {args.warmup} warm-up + "
         f"{args.rounds} rounds x {args.steps} timed steps per side; "
-        f"keep_freed_memory {args.keep_freed_memory}; load average {load_average()} at start",
+        f"keep_freed_memory {args.keep_freed_memory}; scan_unroll {args.scan_unroll}; "
+        f"load average {load_average()} at start",
         flush=True,
     )
     wait_quiet(args.quiet_wait)
@@ -1303,6 +1310,7 @@ def main(argv=None) -> int:
             "n_matmul_params": flops["n_matmul_params"],
             "load_average": load_average(),
             "keep_freed_memory": args.keep_freed_memory,
+            "scan_unroll": args.scan_unroll,
             **r,
         }
         if r["side"] == "align_jax" and "breakdown" in extra:
