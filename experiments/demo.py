@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
+from sweep import run_to_the_end  # noqa: E402
 from tiny_corpus import write_corpus  # noqa: E402
 from tiny_tasks import write_tasks  # noqa: E402
 
@@ -89,7 +89,13 @@ def run_stage(i: int, n: int, name: str, config: str, workdir: str, overrides: l
     cmd = [sys.executable, "-m", "align_jax.train", f"--config={config}", f"--workdir={workdir}"]
     print(f"\n== [{i}/{n}] {name}: {' '.join(cmd[1:] + overrides)}", flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd + overrides, cwd=REPO, check=True)
+    status = run_to_the_end(cmd + overrides)
+    if status in (130, 143, -2, -15):  # Ctrl-C or SIGTERM: the stage saved a checkpoint
+        print(f"== {name} interrupted; run the same command again to resume", flush=True)
+        sys.exit(130 if status < 0 else status)
+    if status:
+        print(f"== {name} failed (exit status {status})", flush=True)
+        sys.exit(1)
     print(f"== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

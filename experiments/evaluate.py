@@ -47,13 +47,15 @@ def evaluate(
     max_new_tokens: int = 16,
     seed: int = 0,
     batch_size: int = 64,
+    step: int | None = None,
 ) -> dict:
     """Gold reward, proxy score, KL to `reference_dir` and length of `policy_dir`'s samples
-    for prompt records (`prompt`, `answer`)."""
+    for prompt records (`prompt`, `answer`); `step` picks one of the policy's checkpoints
+    (default: the latest)."""
     from tiny_corpus import answer_reward
 
     mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-    config, graphdef, params, _ = loading.load_run(policy_dir, mesh=mesh)
+    config, graphdef, params, _ = loading.load_run(policy_dir, step=step, mesh=mesh)
     _, ref_graphdef, ref_params, _ = loading.load_run(reference_dir, mesh=mesh)
     tokenizer = Tokenizer.load(config.data.tokenizer)
     rules = tuple(tuple(r) for r in config.sharding.rules)
