@@ -29,8 +29,10 @@ def get_config(arg: str | None = None):
                        weight_decay=0.0, grad_clip_norm=1.0)  # fmt: skip
     c.data.update(batch_size=128, max_prompt_len=1024, tokenizer="tokenizers/llama3.model",
                   chat_template="chatml")  # fmt: skip
+    # prepare_micro_batches: the prepare pass's three forwards over 4 micro-batches of 32
+    # rows (tools/plan.py: fits v5p-32 at 23.4 GiB per chip, docs/scale.md)
     c.rollout.update(max_new_tokens=1024, temperature=1.0, eval_num_samples=1,
-                     log_samples_every=10)  # fmt: skip
+                     log_samples_every=10, prepare_micro_batches=4)  # fmt: skip
     c.rewards.update(functions="reward_model", num_workers=0)
     if arg:
         shrink_to_cpu(c, arg, "rl_")
