@@ -130,11 +130,7 @@ def plot(rows: list[dict], out_dir: str) -> str:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return sweep.save_figure(fig, out_dir, NAME)
 
 
 if __name__ == "__main__":

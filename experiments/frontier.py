@@ -23,7 +23,6 @@ evaluations.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import sweep
@@ -114,11 +113,7 @@ def plot(rows: list[dict], out_dir: str) -> str:
         ax.set_xlabel("KL to the SFT model (nats)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return sweep.save_figure(fig, out_dir, NAME)
 
 
 if __name__ == "__main__":

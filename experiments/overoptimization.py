@@ -28,7 +28,6 @@ lines). Running it again reuses the finished PPO run and every evaluation done b
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 import numpy as np
@@ -250,11 +249,7 @@ def plot(bon: list[dict], rl: list[dict], fits: dict, out_dir: str) -> str:
         ax.set_xlabel("d = sqrt(KL to SFT), sqrt(nats)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return sweep.save_figure(fig, out_dir, NAME)
 
 
 if __name__ == "__main__":

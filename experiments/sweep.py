@@ -109,26 +109,25 @@ def _items(text: str, flag: str) -> list[str]:
     return items
 
 
+def _numbers(text: str, flag: str, convert, ok, expected: str) -> list:
+    """A comma list of `convert`ed values, each passing `ok`; a one-line error otherwise."""
+    try:
+        values = [convert(t) for t in _items(text, flag)]
+    except ValueError:
+        values = []
+    if not values or not all(ok(v) for v in values):
+        raise UsageError(f"{flag}={text}: expected {expected}")
+    return values
+
+
 def floats(text: str, flag: str) -> list[float]:
     """A comma list of positive numbers."""
-    try:
-        values = [float(t) for t in _items(text, flag)]
-    except ValueError:
-        raise UsageError(f"{flag}={text}: expected positive numbers, e.g. 0.1,0.3") from None
-    if not values or not all(v > 0 for v in values):
-        raise UsageError(f"{flag}={text}: expected positive numbers, e.g. 0.1,0.3")
-    return values
+    return _numbers(text, flag, float, lambda v: v > 0, "positive numbers, e.g. 0.1,0.3")
 
 
 def ints(text: str, flag: str) -> list[int]:
     """A comma list of integers >= 1."""
-    try:
-        values = [int(t) for t in _items(text, flag)]
-    except ValueError:
-        raise UsageError(f"{flag}={text}: expected integers >= 1, e.g. 1,4,16") from None
-    if not values or not all(v >= 1 for v in values):
-        raise UsageError(f"{flag}={text}: expected integers >= 1, e.g. 1,4,16")
-    return values
+    return _numbers(text, flag, int, lambda v: v >= 1, "integers >= 1, e.g. 1,4,16")
 
 
 def choices(text: str, flag: str, valid) -> list[str]:
@@ -352,6 +351,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, out_dir: str, name: str) -> str:
+    """Writes `fig` to `out_dir/<name>.png`, closes it and returns the path."""
+    path = os.path.join(out_dir, f"{name}.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    return path
 
 
 def run_main(main, argv=None) -> int:

@@ -74,7 +74,9 @@ def merge_rows(tree):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
-ROW_FIELDS = ("tokens", "positions", "segment_ids")  # what a forward pass reads of a row
+def forward_rows(batch: dict) -> dict:
+    """The fields a forward pass reads of rollout rows: tokens, positions, segment ids."""
+    return {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
 
 
 def map_micro_batches(fn, rows, micro_batches: int):
@@ -89,7 +91,7 @@ def map_micro_batches(fn, rows, micro_batches: int):
 def rollout_logps(graphdef, params, batch, temperature: float, micro_batches: int = 1):
     """`policy_token_logps`'s log-probs [N, W-1] over `micro_batches` micro-batches of rows
     (the prepare pass of online objectives)."""
-    rows = {k: batch[k] for k in ROW_FIELDS}
+    rows = forward_rows(batch)
     logps = lambda r: policy_token_logps(graphdef, params, r, temperature)[0]  # noqa: E731
     return map_micro_batches(logps, rows, micro_batches)
 

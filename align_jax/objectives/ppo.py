@@ -57,7 +57,7 @@ from align_jax.losses import (
 from align_jax.models import abstract_params, apply_model
 from align_jax.objectives.base import Objective, ValueModel, register
 from align_jax.objectives.common import (
-    ROW_FIELDS,
+    forward_rows,
     map_micro_batches,
     policy_token_logps,
     rollout_logps,
@@ -168,7 +168,7 @@ def build_ppo(config, graphdef) -> Objective:
         old_logps = jnp.where(on, logps_of(params["policy"]), 0.0)
         ref_logps = jnp.where(on, logps_of(frozen["reference"]), 0.0)
         values = map_micro_batches(
-            lambda r: values_of(params["value"], r), {k: batch[k] for k in ROW_FIELDS},
+            lambda r: values_of(params["value"], r), forward_rows(batch),
             micro_batches,
         )  # fmt: skip
         old_values = jnp.where(on, values, 0.0)

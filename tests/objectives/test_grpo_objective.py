@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_runs import TINY_MODEL, assert_trees_close
+from tiny_runs import TINY_MODEL, assert_trees_close, make_mesh
 
 from align_jax import models, objectives, parallel
 from align_jax.config import DEFAULT_RULES, model_config
@@ -63,11 +63,6 @@ def grpo_config(**objective):
         weight_decay=0.0, grad_clip_norm=0.0,
     )  # fmt: skip
     return cfg
-
-
-def make_mesh(data=1, fsdp=1, tensor=1):
-    n = data * fsdp * tensor
-    return parallel.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, jax.devices()[:n])
 
 
 class Rollout(NamedTuple):

@@ -5,6 +5,7 @@ sides equal a plain forward's, also over micro-batches of rows on a sharded mesh
 import jax
 import numpy as np
 import pytest
+from tiny_runs import TINY_MODEL, make_mesh
 
 from align_jax import models, objectives, parallel
 from align_jax.config import DEFAULT_RULES, model_config
@@ -15,22 +16,15 @@ from align_jax.rollout.rows import training_rows
 PROMPTS = [[1, 5], [1, 7, 3], [1], [1, 20, 9, 4]]
 G, T, WIDTH = 3, 5, 10
 REWARDS = np.array([0.1, 0.9, 0.5, 1, 1, 1, -2, 0.0, 3, 2, 1, 0], np.float32)  # prompt 1 ties
-MODEL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-             mlp_dim=64, max_seq_len=32, init_std=0.2)  # fmt: skip
 
 
 def online_dpo_config(micro_batches=1):
     cfg = objectives.config_for("online_dpo")
-    cfg.model = model_config(**MODEL)
+    cfg.model = model_config(**{**TINY_MODEL, "vocab_size": 64, "init_std": 0.2})
     cfg.data.batch_size = len(PROMPTS)
     cfg.objective.num_generations = G
     cfg.rollout.update(max_new_tokens=T, prepare_micro_batches=micro_batches)
     return cfg
-
-
-def make_mesh(data=1, fsdp=1, tensor=1):
-    n = data * fsdp * tensor
-    return parallel.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, jax.devices()[:n])
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,12 @@ TINY_MODEL = dict(
 )  # fmt: skip
 
 
+def make_mesh(data=1, fsdp=1, tensor=1):
+    """A (data, fsdp, tensor) mesh over the first data·fsdp·tensor simulated devices."""
+    n = data * fsdp * tensor
+    return parallel.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, jax.devices()[:n])
+
+
 def xla_env(devices: int = 8, **extra) -> dict:
     """This process's environment for a child JAX process on `devices` simulated CPU devices,
     keeping the test session's other XLA flags (tests/conftest.py)."""
